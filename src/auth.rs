@@ -1,0 +1,334 @@
+//! The use cases — start a login, finish it, read the user — knowing nothing of gRPC or HTTP.
+//! The transports in `grpc` and `http` convert their requests into these calls and map
+//! [`AuthError`] to their own status codes.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::{
+    config::Config,
+    crypto::{Cipher, constant_time_eq, random_handle, sha256},
+    domain::{MAX_CODE_LEN, Profile, RedirectUri, is_scope_token, parse_handle},
+    error::AuthError,
+    provider::{AuthorizationRequest, IdentityProvider},
+    secret::Secret,
+    store::{Consumed, LoginAttempt, SessionRecord, Store},
+    tokens::{Claims, TokenIssuer, now},
+};
+
+/// Bytes of entropy in state, nonce, PKCE verifier and binding (256 bits; 43 characters).
+const HANDLE_BYTES: usize = 32;
+const MAX_EXTRA_SCOPES: usize = 16;
+const MAX_LOGIN_HINT_LEN: usize = 256;
+const PROMPTS: &[&str] = &["none", "login", "consent", "select_account"];
+
+/// What GetLoginUrl asks for.
+#[derive(Debug, Default)]
+pub struct StartLogin {
+    pub redirect_uri: Option<String>,
+    pub scopes: Vec<String>,
+    pub prompt: Option<String>,
+    pub login_hint: Option<String>,
+}
+
+/// A started login.
+pub struct LoginStarted {
+    pub login_url: String,
+    pub state: String,
+    /// The user-agent binding secret; only its hash is stored.
+    pub binding: Secret<String>,
+    pub expires_at: i64,
+}
+
+/// What ExchangeCode brings back from the redirect.
+pub struct FinishLogin {
+    pub code: Secret<String>,
+    pub state: String,
+    pub binding: Secret<String>,
+    pub redirect_uri: Option<String>,
+}
+
+/// A finished login: authgate's token and the user.
+pub struct LoginFinished {
+    pub access_token: Secret<String>,
+    pub expires_in: i64,
+    pub claims: Claims,
+    pub profile: Profile,
+    pub session_id: String,
+}
+
+/// The login service. Cheap to share (`Arc`).
+pub struct Authenticator {
+    config: Arc<Config>,
+    store: Store,
+    provider: Arc<dyn IdentityProvider>,
+    tokens: Arc<TokenIssuer>,
+    cipher: Cipher,
+}
+
+impl Authenticator {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        provider: Arc<dyn IdentityProvider>,
+        tokens: Arc<TokenIssuer>,
+        cipher: Cipher,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            provider,
+            tokens,
+            cipher,
+        }
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenIssuer> {
+        &self.tokens
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn provider(&self) -> &Arc<dyn IdentityProvider> {
+        &self.provider
+    }
+
+    /// Resolves a requested redirect URI against the allow-list (exact match); empty means the
+    /// first configured one.
+    fn allowed_redirect_uri(&self, requested: Option<&str>) -> Result<RedirectUri, AuthError> {
+        let allowed = &self.config.redirect_uris;
+        match requested.filter(|s| !s.is_empty()) {
+            None => allowed
+                .first()
+                .cloned()
+                .ok_or_else(|| AuthError::Internal("no redirect_uris configured".into())),
+            Some(uri) => {
+                if uri.len() > crate::domain::MAX_URL_LEN {
+                    return Err(AuthError::InvalidArgument(format!(
+                        "redirect_uri is longer than {} characters",
+                        crate::domain::MAX_URL_LEN
+                    )));
+                }
+                allowed
+                    .iter()
+                    .find(|a| a.as_str() == uri)
+                    .cloned()
+                    .ok_or_else(|| AuthError::RedirectUriNotAllowed(uri.to_string()))
+            }
+        }
+    }
+
+    /// Starts a login: stores a fresh attempt and returns the provider's authorization URL.
+    #[tracing::instrument(skip_all)]
+    pub async fn start_login(&self, request: StartLogin) -> Result<LoginStarted, AuthError> {
+        let redirect_uri = self.allowed_redirect_uri(request.redirect_uri.as_deref())?;
+        if request.scopes.len() > MAX_EXTRA_SCOPES {
+            return Err(AuthError::InvalidArgument(format!(
+                "at most {MAX_EXTRA_SCOPES} extra scopes may be requested"
+            )));
+        }
+        if let Some(bad) = request.scopes.iter().find(|s| !is_scope_token(s)) {
+            return Err(AuthError::InvalidArgument(format!(
+                "scope `{}` is not a valid scope token (letters, digits and _-.:/ only)",
+                bad.chars().take(64).collect::<String>()
+            )));
+        }
+        let prompt = request.prompt.filter(|p| !p.is_empty());
+        if let Some(p) = &prompt {
+            if !p.split(' ').all(|one| PROMPTS.contains(&one)) {
+                return Err(AuthError::InvalidArgument(
+                    "prompt must be none, login, consent or select_account".into(),
+                ));
+            }
+        }
+        let login_hint = request.login_hint.filter(|h| !h.is_empty());
+        if let Some(h) = &login_hint {
+            if h.len() > MAX_LOGIN_HINT_LEN || h.chars().any(char::is_control) {
+                return Err(AuthError::InvalidArgument(format!(
+                    "login_hint must be at most {MAX_LOGIN_HINT_LEN} characters with no control characters"
+                )));
+            }
+        }
+
+        let state = random_handle(HANDLE_BYTES);
+        let nonce = random_handle(HANDLE_BYTES);
+        let pkce_verifier = random_handle(HANDLE_BYTES);
+        let binding = random_handle(HANDLE_BYTES);
+        // Build the URL first: if the provider is not ready nothing is written.
+        let login_url = self.provider.authorization_url(&AuthorizationRequest {
+            redirect_uri: redirect_uri.as_str(),
+            state: &state,
+            nonce: &nonce,
+            pkce_verifier: &pkce_verifier,
+            extra_scopes: &request.scopes,
+            prompt: prompt.as_deref(),
+            login_hint: login_hint.as_deref(),
+        })?;
+        let created_at = now();
+        let expires_at = created_at + self.config.attempt_ttl.as_secs() as i64;
+        self.store
+            .insert_attempt(&LoginAttempt {
+                state_hash: sha256(state.as_bytes()).to_vec(),
+                binding_hash: sha256(binding.as_bytes()).to_vec(),
+                nonce,
+                pkce_verifier,
+                redirect_uri: redirect_uri.as_str().to_string(),
+                created_at,
+                expires_at,
+            })
+            .await?;
+        Ok(LoginStarted {
+            login_url: login_url.into(),
+            state,
+            binding: Secret::new(binding),
+            expires_at,
+        })
+    }
+
+    /// Finishes a login: consumes the attempt exactly once, redeems the code, validates the ID
+    /// token, opens a session and mints authgate's token.
+    #[tracing::instrument(skip_all)]
+    pub async fn finish_login(&self, request: FinishLogin) -> Result<LoginFinished, AuthError> {
+        let code = request.code.expose();
+        if code.is_empty() {
+            return Err(AuthError::InvalidArgument(
+                "`code` is required: pass the code query parameter from the redirect".into(),
+            ));
+        }
+        if code.len() > MAX_CODE_LEN || !code.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AuthError::InvalidArgument(format!(
+                "`code` must be at most {MAX_CODE_LEN} printable ASCII characters"
+            )));
+        }
+        let state = parse_handle("state", &request.state).map_err(AuthError::InvalidArgument)?;
+        let binding = parse_handle("binding", request.binding.expose()).map_err(|e| {
+            AuthError::InvalidArgument(format!("{e}; pass the binding GetLoginUrl returned"))
+        })?;
+        let requested_redirect = request.redirect_uri.filter(|r| !r.is_empty());
+        if let Some(r) = &requested_redirect {
+            // Only allow-listed URIs can match an attempt; say so precisely.
+            self.allowed_redirect_uri(Some(r))?;
+        }
+
+        let attempt = match self
+            .store
+            .consume_attempt(&sha256(state.as_bytes()), &sha256(binding.as_bytes()))
+            .await?
+        {
+            Consumed::Attempt(a) => a,
+            Consumed::WrongBinding => return Err(AuthError::BindingMismatch),
+            Consumed::NotFound => return Err(AuthError::AttemptNotFound),
+        };
+        // Defence in depth: the store matched on the hash; compare again in constant time.
+        if !constant_time_eq(&attempt.binding_hash, &sha256(binding.as_bytes())) {
+            return Err(AuthError::BindingMismatch);
+        }
+        if attempt.expires_at < now() {
+            return Err(AuthError::AttemptExpired);
+        }
+        if requested_redirect.is_some_and(|r| r != attempt.redirect_uri) {
+            return Err(AuthError::RedirectUriMismatch);
+        }
+
+        let login = self
+            .provider
+            .redeem_code(
+                &request.code,
+                &Secret::new(attempt.pkce_verifier),
+                &attempt.redirect_uri,
+                &Secret::new(attempt.nonce),
+            )
+            .await?;
+
+        let session_id = random_handle(24);
+        let created_at = now();
+        let seal = |field: &str, value: &Secret<String>| {
+            self.cipher
+                .encrypt_secret(value, &session_context(&session_id, field))
+        };
+        let record = SessionRecord {
+            id: session_id.clone(),
+            subject: login.profile.sub.clone(),
+            profile: profile_json(&login.profile)?,
+            provider_access_token: Some(seal("access", &login.tokens.access_token)),
+            provider_refresh_token: login
+                .tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal("refresh", t)),
+            provider_id_token: login.tokens.id_token.as_ref().map(|t| seal("id", t)),
+            provider_sid: login.provider_sid.clone(),
+            provider_token_expires_at: login.tokens.expires_at,
+            created_at,
+            expires_at: created_at + self.config.session_ttl.as_secs() as i64,
+            revoked_at: None,
+        };
+        self.store.insert_session(&record).await?;
+        let (token, claims) = self
+            .tokens
+            .mint(&session_id, &login.profile)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        info!(sub = %login.profile.sub, sid = %session_id, "login completed");
+        Ok(LoginFinished {
+            access_token: Secret::new(token),
+            expires_in: claims.exp - claims.iat,
+            claims,
+            profile: login.profile,
+            session_id,
+        })
+    }
+
+    /// Verifies an authgate token and loads its live session.
+    pub async fn authenticate(&self, bearer: &str) -> Result<(Claims, SessionRecord), AuthError> {
+        let claims = self
+            .tokens
+            .verify(bearer)
+            .map_err(|r| AuthError::Unauthenticated(format!("{r}; sign in again")))?;
+        let session = self
+            .store
+            .get_session(&claims.sid)
+            .await?
+            .ok_or(AuthError::SessionEnded)?;
+        if session.revoked_at.is_some() || session.expires_at <= now() {
+            return Err(AuthError::SessionEnded);
+        }
+        Ok((claims, session))
+    }
+
+    /// The profile of the token's user; with `refresh`, re-read from the provider and stored.
+    #[tracing::instrument(skip_all, fields(refresh))]
+    pub async fn user_info(&self, bearer: &str, refresh: bool) -> Result<Profile, AuthError> {
+        let (claims, session) = self.authenticate(bearer).await?;
+        let stored: Profile = serde_json::from_str(&session.profile)
+            .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
+        if !refresh {
+            return Ok(stored);
+        }
+        let sealed = session
+            .provider_access_token
+            .as_deref()
+            .ok_or_else(|| AuthError::Internal("session has no provider access token".into()))?;
+        let access_token = self
+            .cipher
+            .decrypt_secret(sealed, &session_context(&session.id, "access"))
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let mut fresh = self.provider.user_info(&access_token, &claims.sub).await?;
+        fresh.sub = stored.sub.clone();
+        self.store
+            .update_session_profile(&session.id, &profile_json(&fresh)?, None)
+            .await?;
+        Ok(fresh)
+    }
+}
+
+/// The associated data that binds an encrypted provider token to its session and field.
+fn session_context(session_id: &str, field: &str) -> String {
+    format!("session:{session_id}:{field}")
+}
+
+fn profile_json(profile: &Profile) -> Result<String, AuthError> {
+    serde_json::to_string(profile).map_err(|e| AuthError::Internal(e.to_string()))
+}

@@ -1,0 +1,932 @@
+//! Typed configuration, layered: built-in defaults, then a TOML file, then environment variables
+//! (`AUTHGATE_<SETTING>`, plus the conventional `DATABASE_URL`). Everything is validated at start;
+//! each problem names the setting (file key and environment variable) and says what to fix.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use serde::Deserialize;
+use url::Url;
+
+use crate::{domain::RedirectUri, secret::Secret};
+
+/// A fully validated configuration. Build it with [`Config::load`] or [`Config::from_sources`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the single gRPC + grpc-web + HTTP listener binds to.
+    pub listen_addr: SocketAddr,
+    /// authgate's own base URL as clients reach it; the `iss` of the JWTs it mints and the base of
+    /// its published JWKS.
+    pub public_url: Url,
+    pub database: DatabaseConfig,
+    pub provider: ProviderConfig,
+    /// Exact-match allow-list for `redirect_uri`; the first one is the default.
+    pub redirect_uris: Vec<RedirectUri>,
+    /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
+    pub cors_allowed_origins: Vec<String>,
+    pub tokens: TokenConfig,
+    /// How long a login attempt (state, nonce, PKCE verifier) stays redeemable.
+    pub attempt_ttl: Duration,
+    /// How long an authgate session lives before the user must sign in again.
+    pub session_ttl: Duration,
+    /// Key-encryption key for provider tokens and signing keys at rest (AES-256-GCM).
+    pub encryption_key: EncryptionKey,
+    pub log_format: LogFormat,
+    /// How often readiness (database and provider) is re-checked.
+    pub health_check_interval: Duration,
+    /// Size of the database connection pool.
+    pub database_max_connections: u32,
+}
+
+#[derive(Clone)]
+pub enum DatabaseConfig {
+    /// A PostgreSQL URL (may carry a password, hence secret).
+    Postgres(Secret<String>),
+    /// An embedded SQLite database file.
+    Sqlite(PathBuf),
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres(url) => write!(f, "Postgres({})", redact_url(url.expose())),
+            Self::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// A description safe to log: the URL without its password.
+    pub fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            url.to_string()
+        }
+        Err(_) => "[unparseable url]".to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The provider's issuer exactly as configured, e.g.
+    /// `https://dev-123.okta.com/oauth2/default`; discovery is fetched from
+    /// `<issuer>/.well-known/openid-configuration` and the ID token `iss` must equal it
+    /// character for character (so it is kept as a string: a URL type would add a `/`).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret<String>,
+    pub client_auth_method: ClientAuthMethod,
+    /// Scopes requested on every login (`openid` is always included).
+    pub scopes: Vec<String>,
+    /// Timeout for each HTTP call to the provider.
+    pub timeout: Duration,
+    /// Clock skew tolerated when checking `exp`/`iat` of provider tokens.
+    pub clock_skew: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub ttl: Duration,
+    /// The `aud` of authgate's JWTs; services verifying them must expect this value.
+    pub audience: String,
+    pub algorithm: SigningAlgorithm,
+    /// A PKCS#8 PEM private key to sign with. When unset, keys are generated and stored
+    /// (encrypted) in the database, shared by every replica.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    Es256,
+    EdDsa,
+    Rs256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+            Self::Rs256 => "RS256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ES256" => Some(Self::Es256),
+            "EdDSA" => Some(Self::EdDsa),
+            "RS256" => Some(Self::Rs256),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The 32-byte key-encryption key. Where it came from is kept for logs.
+#[derive(Clone)]
+pub struct EncryptionKey {
+    pub key: Secret<[u8; 32]>,
+    /// `Some(path)` when the key was generated into this file on first start (SQLite only).
+    pub generated_at: Option<PathBuf>,
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey([redacted])")
+    }
+}
+
+/// One configuration problem, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+/// Every problem found in the configuration; start-up stops and prints them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(
+                f,
+                "\n  - {} (env {}): {}",
+                p.setting,
+                env_name(p.setting),
+                p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn one(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![ConfigProblem {
+                setting,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Every setting's file key and whether it is a list. The README's configuration table documents
+/// each one.
+pub const SETTINGS: &[(&str, Kind)] = &[
+    ("listen_addr", Kind::Scalar),
+    ("public_url", Kind::Scalar),
+    ("database_url", Kind::Scalar),
+    ("sqlite_path", Kind::Scalar),
+    ("issuer_url", Kind::Scalar),
+    ("client_id", Kind::Scalar),
+    ("client_secret", Kind::Scalar),
+    ("client_secret_file", Kind::Scalar),
+    ("client_auth_method", Kind::Scalar),
+    ("scopes", Kind::List),
+    ("provider_timeout", Kind::Scalar),
+    ("clock_skew", Kind::Scalar),
+    ("redirect_uris", Kind::List),
+    ("cors_allowed_origins", Kind::List),
+    ("token_ttl", Kind::Scalar),
+    ("token_audience", Kind::Scalar),
+    ("signing_algorithm", Kind::Scalar),
+    ("signing_key_file", Kind::Scalar),
+    ("attempt_ttl", Kind::Scalar),
+    ("session_ttl", Kind::Scalar),
+    ("encryption_key", Kind::Scalar),
+    ("encryption_key_file", Kind::Scalar),
+    ("log_format", Kind::Scalar),
+    ("health_check_interval", Kind::Scalar),
+    ("database_max_connections", Kind::Scalar),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Scalar,
+    List,
+}
+
+/// The environment variable for a setting: `AUTHGATE_` + upper-case key.
+pub fn env_name(setting: &str) -> String {
+    format!("AUTHGATE_{}", setting.to_ascii_uppercase())
+}
+
+/// A value as written in the file: TOML strings, numbers and booleans are all accepted and read
+/// as text, so the file and the environment parse the same way.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawValue {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    List(Vec<String>),
+}
+
+/// The merged, still unparsed settings.
+#[derive(Default)]
+struct Raw {
+    scalars: BTreeMap<&'static str, String>,
+    lists: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Raw {
+    fn scalar(&self, key: &str) -> Option<&str> {
+        self.scalars
+            .get(key)
+            .map(String::as_str)
+            .filter(|s| !s.trim().is_empty())
+    }
+}
+
+impl Config {
+    /// Loads the configuration from an optional TOML file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::one("config", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::from_sources(text.as_deref(), &env)
+    }
+
+    /// Builds the configuration from TOML text (if any) and an environment map. Env wins.
+    pub fn from_sources(
+        file: Option<&str>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = Raw::default();
+        if let Some(text) = file {
+            read_file(text, &mut raw)?;
+        }
+        if let Some(url) = env.get("DATABASE_URL") {
+            raw.scalars.insert("database_url", url.clone());
+        }
+        for (key, kind) in SETTINGS {
+            if let Some(value) = env.get(&env_name(key)) {
+                match kind {
+                    Kind::Scalar => {
+                        raw.scalars.insert(key, value.clone());
+                    }
+                    Kind::List => {
+                        let items = value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect();
+                        raw.lists.insert(key, items);
+                    }
+                }
+            }
+        }
+        Parser::default().parse(&raw)
+    }
+}
+
+fn read_file(text: &str, raw: &mut Raw) -> Result<(), ConfigError> {
+    let table: BTreeMap<String, RawValue> = toml::from_str(text)
+        .map_err(|e| ConfigError::one("config", format!("the TOML file does not parse: {e}")))?;
+    for (key, value) in table {
+        let Some((name, kind)) = SETTINGS.iter().find(|(k, _)| *k == key) else {
+            return Err(ConfigError::one(
+                "config",
+                format!("unknown setting `{key}` in the configuration file"),
+            ));
+        };
+        match (kind, value) {
+            (Kind::List, RawValue::List(items)) => {
+                raw.lists.insert(name, items);
+            }
+            (Kind::List, RawValue::Text(s)) => {
+                raw.lists.insert(name, vec![s]);
+            }
+            (Kind::Scalar, RawValue::Text(s)) => {
+                raw.scalars.insert(name, s);
+            }
+            (Kind::Scalar, RawValue::Int(i)) => {
+                raw.scalars.insert(name, i.to_string());
+            }
+            (Kind::Scalar, RawValue::Bool(b)) => {
+                raw.scalars.insert(name, b.to_string());
+            }
+            _ => {
+                return Err(ConfigError::one(
+                    name,
+                    "has the wrong type in the configuration file (a list where a single value is expected, or the reverse)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Collects every problem instead of stopping at the first.
+#[derive(Default)]
+struct Parser {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Parser {
+    fn problem(&mut self, setting: &'static str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            setting,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, raw: &Raw, key: &'static str, default: Duration) -> Duration {
+        match raw.scalar(key) {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Some(d) if !d.is_zero() => d,
+                _ => {
+                    self.problem(key, format!("`{text}` is not a positive duration; write e.g. `900`, `90s`, `15m`, `12h` or `7d`"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn url(&mut self, raw: &Raw, key: &'static str) -> Option<Url> {
+        let text = raw.scalar(key)?;
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            _ => {
+                self.problem(key, format!("`{text}` is not an absolute http(s) URL"));
+                None
+            }
+        }
+    }
+
+    fn secret(
+        &mut self,
+        raw: &Raw,
+        key: &'static str,
+        file_key: &'static str,
+    ) -> Option<Secret<String>> {
+        match (raw.scalar(key), raw.scalar(file_key)) {
+            (Some(_), Some(_)) => {
+                self.problem(key, format!("set either {key} or {file_key}, not both"));
+                None
+            }
+            (Some(value), None) => Some(Secret::new(value.trim().to_string())),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(value) if !value.trim().is_empty() => {
+                    Some(Secret::new(value.trim().to_string()))
+                }
+                Ok(_) => {
+                    self.problem(file_key, format!("the file {path} is empty"));
+                    None
+                }
+                Err(e) => {
+                    self.problem(file_key, format!("cannot read {path}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn parse(mut self, raw: &Raw) -> Result<Config, ConfigError> {
+        let listen_addr = match raw
+            .scalar("listen_addr")
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+        {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    "listen_addr",
+                    "must be an IP address and port, e.g. `0.0.0.0:8080`",
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+
+        let public_url = self.url(raw, "public_url").or_else(|| {
+            let host = if listen_addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                listen_addr.ip().to_string()
+            };
+            Url::parse(&format!("http://{host}:{}", listen_addr.port())).ok()
+        });
+
+        let database = match raw.scalar("database_url") {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(DatabaseConfig::Postgres(Secret::new(url.to_string())))
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                Some(DatabaseConfig::Sqlite(PathBuf::from(path)))
+            }
+            Some(_) => {
+                self.problem(
+                    "database_url",
+                    "must start with postgres:// (or sqlite:); unset it to use the embedded SQLite file",
+                );
+                None
+            }
+            None => Some(DatabaseConfig::Sqlite(PathBuf::from(
+                raw.scalar("sqlite_path").unwrap_or("authgate.db"),
+            ))),
+        };
+
+        let issuer_url = match self.url(raw, "issuer_url") {
+            Some(url) => {
+                if url.scheme() != "https" && !is_loopback(&url) {
+                    self.problem(
+                        "issuer_url",
+                        format!("`{url}` must use https (plain http is only accepted for a provider on localhost)"),
+                    );
+                }
+                raw.scalar("issuer_url").map(|s| s.trim().to_string())
+            }
+            None => {
+                if raw.scalar("issuer_url").is_none() {
+                    self.problem(
+                        "issuer_url",
+                        "is required: the provider's issuer, e.g. https://dev-123.okta.com/oauth2/default",
+                    );
+                }
+                None
+            }
+        };
+        let client_id = raw.scalar("client_id").map(str::to_string);
+        if client_id.is_none() {
+            self.problem(
+                "client_id",
+                "is required: the OAuth client id registered at the provider",
+            );
+        }
+        let client_secret = self.secret(raw, "client_secret", "client_secret_file");
+        if client_secret.is_none()
+            && raw.scalar("client_secret").is_none()
+            && raw.scalar("client_secret_file").is_none()
+        {
+            self.problem(
+                "client_secret",
+                "is required (or client_secret_file): authgate is a confidential client",
+            );
+        }
+        let client_auth_method = match raw
+            .scalar("client_auth_method")
+            .unwrap_or("client_secret_basic")
+        {
+            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+            other => {
+                self.problem(
+                    "client_auth_method",
+                    format!(
+                        "`{other}` is not supported; use client_secret_basic or client_secret_post"
+                    ),
+                );
+                ClientAuthMethod::ClientSecretBasic
+            }
+        };
+        let mut scopes = raw
+            .lists
+            .get("scopes")
+            .cloned()
+            .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+        if let Some(bad) = scopes.iter().find(|s| !crate::domain::is_scope_token(s)) {
+            self.problem("scopes", format!("`{bad}` is not a valid scope token"));
+        }
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+
+        let redirect_uris: Vec<RedirectUri> = match raw.lists.get("redirect_uris") {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .filter_map(|u| match RedirectUri::parse(u) {
+                    Ok(uri) => Some(uri),
+                    Err(e) => {
+                        self.problem("redirect_uris", format!("`{u}`: {e}"));
+                        None
+                    }
+                })
+                .collect(),
+            _ => {
+                self.problem(
+                    "redirect_uris",
+                    "is required: the SPA callback URL(s) registered at the provider, e.g. http://localhost:5173/callback",
+                );
+                Vec::new()
+            }
+        };
+
+        let mut cors_allowed_origins = Vec::new();
+        for origin in raw.lists.get("cors_allowed_origins").into_iter().flatten() {
+            match Url::parse(origin) {
+                Ok(url)
+                    if matches!(url.scheme(), "http" | "https")
+                        && url.path() == "/"
+                        && url.query().is_none()
+                        && !origin.ends_with('/') =>
+                {
+                    cors_allowed_origins.push(origin.clone());
+                }
+                _ => self.problem(
+                    "cors_allowed_origins",
+                    format!("`{origin}` is not an origin; write scheme://host[:port] with no path or trailing slash"),
+                ),
+            }
+        }
+
+        let algorithm =
+            match SigningAlgorithm::parse(raw.scalar("signing_algorithm").unwrap_or("ES256")) {
+                Some(a) => a,
+                None => {
+                    self.problem("signing_algorithm", "must be ES256, EdDSA or RS256");
+                    SigningAlgorithm::Es256
+                }
+            };
+        let key_file = raw.scalar("signing_key_file").map(PathBuf::from);
+        if let Some(path) = &key_file {
+            if !path.is_file() {
+                self.problem(
+                    "signing_key_file",
+                    format!("{} does not exist", path.display()),
+                );
+            }
+        } else if algorithm == SigningAlgorithm::Rs256 {
+            self.problem(
+                "signing_key_file",
+                "is required with RS256 (authgate generates ES256 and EdDSA keys itself); give a PKCS#8 PEM RSA key of at least 2048 bits",
+            );
+        }
+        let tokens = TokenConfig {
+            ttl: self.duration(raw, "token_ttl", Duration::from_secs(900)),
+            audience: raw
+                .scalar("token_audience")
+                .unwrap_or("authgate")
+                .to_string(),
+            algorithm,
+            key_file,
+        };
+        if tokens.ttl > Duration::from_secs(24 * 3600) {
+            self.problem(
+                "token_ttl",
+                "must be at most 24h: authgate's tokens are meant to be short-lived",
+            );
+        }
+
+        let encryption_key = self.encryption_key(raw, database.as_ref());
+
+        let log_format = match raw.scalar("log_format").unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.problem("log_format", format!("`{other}` is not text or json"));
+                LogFormat::Text
+            }
+        };
+
+        let provider_timeout = self.duration(raw, "provider_timeout", Duration::from_secs(10));
+        let clock_skew = self.duration(raw, "clock_skew", Duration::from_secs(60));
+        let attempt_ttl = self.duration(raw, "attempt_ttl", Duration::from_secs(600));
+        let session_ttl = self.duration(raw, "session_ttl", Duration::from_secs(24 * 3600));
+        let health_check_interval =
+            self.duration(raw, "health_check_interval", Duration::from_secs(5));
+        let database_max_connections = match raw.scalar("database_max_connections") {
+            None => 16,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    self.problem(
+                        "database_max_connections",
+                        "must be a whole number from 1 to 1000",
+                    );
+                    16
+                }
+            },
+        };
+
+        match (
+            public_url,
+            database,
+            issuer_url,
+            client_id,
+            client_secret,
+            encryption_key,
+        ) {
+            (
+                Some(public_url),
+                Some(database),
+                Some(issuer_url),
+                Some(client_id),
+                Some(client_secret),
+                Some(encryption_key),
+            ) if self.problems.is_empty() => Ok(Config {
+                listen_addr,
+                public_url,
+                database,
+                provider: ProviderConfig {
+                    issuer: issuer_url,
+                    client_id,
+                    client_secret,
+                    client_auth_method,
+                    scopes,
+                    timeout: provider_timeout,
+                    clock_skew,
+                },
+                redirect_uris,
+                cors_allowed_origins,
+                tokens,
+                attempt_ttl,
+                session_ttl,
+                encryption_key,
+                log_format,
+                health_check_interval,
+                database_max_connections,
+            }),
+            _ => Err(ConfigError {
+                problems: self.problems,
+            }),
+        }
+    }
+
+    fn encryption_key(
+        &mut self,
+        raw: &Raw,
+        database: Option<&DatabaseConfig>,
+    ) -> Option<EncryptionKey> {
+        const HOW: &str = "generate one with `openssl rand -base64 32`";
+        if let Some(value) = self.secret(raw, "encryption_key", "encryption_key_file") {
+            return match decode_key(value.expose()) {
+                Some(key) => Some(EncryptionKey {
+                    key: Secret::new(key),
+                    generated_at: None,
+                }),
+                None => {
+                    self.problem(
+                        "encryption_key",
+                        format!("must be 32 bytes encoded in base64; {HOW}"),
+                    );
+                    None
+                }
+            };
+        }
+        if raw.scalar("encryption_key").is_some() || raw.scalar("encryption_key_file").is_some() {
+            return None; // already reported
+        }
+        match database {
+            Some(DatabaseConfig::Sqlite(path)) => {
+                let mut key_path = path.clone().into_os_string();
+                key_path.push(".key");
+                let key_path = PathBuf::from(key_path);
+                match load_or_generate_key_file(&key_path) {
+                    Ok(key) => Some(EncryptionKey {
+                        key: Secret::new(key),
+                        generated_at: Some(key_path),
+                    }),
+                    Err(e) => {
+                        self.problem(
+                            "encryption_key",
+                            format!("{e}; or set the key explicitly ({HOW})"),
+                        );
+                        None
+                    }
+                }
+            }
+            Some(DatabaseConfig::Postgres(_)) => {
+                self.problem(
+                    "encryption_key",
+                    format!("is required with PostgreSQL, and every replica must use the same one; {HOW}"),
+                );
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    STANDARD.decode(text.trim()).ok()?.try_into().ok()
+}
+
+/// For the embedded SQLite store only: keep the key-encryption key in a file beside the database,
+/// created with mode 0600 on first start.
+fn load_or_generate_key_file(path: &Path) -> Result<[u8; 32], String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => decode_key(&text)
+            .ok_or_else(|| format!("{} does not hold a base64 32-byte key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            write_private_file(path, STANDARD.encode(key).as_bytes())
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Parses `900`, `900s`, `15m`, `12h`, `7d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn minimal() -> BTreeMap<String, String> {
+        env(&[
+            (
+                "AUTHGATE_ISSUER_URL",
+                "https://dev-123.okta.com/oauth2/default",
+            ),
+            ("AUTHGATE_CLIENT_ID", "client"),
+            ("AUTHGATE_CLIENT_SECRET", "s3cret-value"),
+            (
+                "AUTHGATE_REDIRECT_URIS",
+                "http://localhost:5173/callback, https://app.example.com/cb",
+            ),
+            ("AUTHGATE_ENCRYPTION_KEY", KEY),
+            ("DATABASE_URL", "postgres://u:pw@127.0.0.1/db"),
+        ])
+    }
+
+    #[test]
+    fn env_only_configuration_loads_with_defaults() {
+        let config = Config::from_sources(None, &minimal()).unwrap();
+        assert_eq!(config.redirect_uris.len(), 2);
+        assert_eq!(config.tokens.ttl, Duration::from_secs(900));
+        assert_eq!(config.attempt_ttl, Duration::from_secs(600));
+        assert_eq!(config.provider.scopes, vec!["openid", "profile", "email"]);
+        assert_eq!(config.tokens.algorithm, SigningAlgorithm::Es256);
+        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
+    }
+
+    #[test]
+    fn env_wins_over_the_file() {
+        let file = r#"
+            token_ttl = "5m"
+            client_id = "from-file"
+            scopes = ["openid", "email"]
+        "#;
+        let mut e = minimal();
+        e.insert("AUTHGATE_TOKEN_TTL".into(), "120".into());
+        let config = Config::from_sources(Some(file), &e).unwrap();
+        assert_eq!(config.tokens.ttl, Duration::from_secs(120));
+        assert_eq!(config.provider.client_id, "client");
+        assert_eq!(config.provider.scopes, vec!["openid", "email"]);
+    }
+
+    #[test]
+    fn problems_name_the_setting_and_env_variable() {
+        let mut e = minimal();
+        e.insert(
+            "AUTHGATE_ISSUER_URL".into(),
+            "http://okta.example.com/oauth2/default".into(),
+        );
+        e.insert("AUTHGATE_TOKEN_TTL".into(), "soon".into());
+        e.remove("AUTHGATE_CLIENT_ID");
+        let err = Config::from_sources(None, &e).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("issuer_url (env AUTHGATE_ISSUER_URL): `http://okta.example.com/oauth2/default` must use https"), "{text}");
+        assert!(text.contains("token_ttl"), "{text}");
+        assert!(
+            text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn postgres_requires_an_explicit_encryption_key() {
+        let mut e = minimal();
+        e.remove("AUTHGATE_ENCRYPTION_KEY");
+        let err = Config::from_sources(None, &e).unwrap_err();
+        assert_eq!(err.problems[0].setting, "encryption_key");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = Config::from_sources(Some("client_secrt = 'x'"), &minimal()).unwrap_err();
+        assert!(err.to_string().contains("unknown setting `client_secrt`"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = Config::from_sources(None, &minimal()).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret-value"), "{debug}");
+        assert!(!debug.contains(KEY), "{debug}");
+        assert!(!debug.contains(":pw@"), "{debug}");
+    }
+
+    #[test]
+    fn redirect_uris_and_origins_are_checked() {
+        let mut e = minimal();
+        e.insert(
+            "AUTHGATE_REDIRECT_URIS".into(),
+            "not a url,http://x.example.com/cb#frag".into(),
+        );
+        e.insert(
+            "AUTHGATE_CORS_ALLOWED_ORIGINS".into(),
+            "http://localhost:5173/".into(),
+        );
+        let err = Config::from_sources(None, &e).unwrap_err();
+        let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
+        assert_eq!(
+            settings,
+            vec!["redirect_uris", "redirect_uris", "cors_allowed_origins"]
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(parse_duration("-5"), None);
+    }
+}

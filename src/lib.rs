@@ -1,0 +1,46 @@
+//! authgate: an OpenID Connect login service for single-page apps and microservices.
+//!
+//! A SPA asks authgate for a login URL, the user signs in at the provider (Okta or any OpenID
+//! Connect provider), the SPA hands the returned code back, and authgate — which alone holds the
+//! client secret and the provider's tokens — answers with its own short-lived signed JWT.
+//!
+//! # Layout
+//! - [`config`]: typed configuration (file + `AUTHGATE_*` env), validated at start; secrets
+//!   wrapped in [`secret::Secret`].
+//! - [`domain`]: parse-only values (redirect URIs, handles) and the user [`domain::Profile`].
+//! - [`provider`]: the identity-provider trait and the real OpenID Connect client
+//!   ([`provider::oidc`]): discovery, JWKS, PKCE, code exchange, ID-token validation, userinfo.
+//! - [`store`]: login attempts, sessions and signing keys on PostgreSQL or SQLite.
+//! - [`tokens`]: authgate's own JWTs and the key ring that signs and verifies them.
+//! - [`crypto`]: random handles, hashing, encryption at rest.
+//! - [`auth`]: the use cases (start login, finish login, user info) — no transport types.
+//! - [`grpc`], [`http`]: the transports; convert, call [`auth`], map errors.
+//! - [`health`]: readiness monitor behind gRPC health and `/readyz`.
+//! - [`startup`]: wiring; `Application::run(listener, shutdown)`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod provider;
+pub mod secret;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+/// Generated protobuf and gRPC code for `authgate.v1`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod pb {
+    tonic::include_proto!("authgate.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("authgate_descriptor");
+}

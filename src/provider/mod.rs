@@ -1,0 +1,96 @@
+//! The identity provider: what authgate needs from an OpenID Connect provider, behind a trait so
+//! the core does not care which provider (or which fake, in benchmarks) it talks to.
+//!
+//! [`oidc::OidcProvider`] is the real implementation (discovery, JWKS cache, PKCE, code exchange,
+//! ID-token validation, userinfo), built on the `openidconnect` crate.
+
+pub mod oidc;
+
+use async_trait::async_trait;
+use url::Url;
+
+use crate::{domain::Profile, secret::Secret};
+
+/// Everything that goes into the provider's authorization URL.
+pub struct AuthorizationRequest<'a> {
+    pub redirect_uri: &'a str,
+    pub state: &'a str,
+    pub nonce: &'a str,
+    /// The PKCE verifier; the S256 challenge derived from it goes into the URL.
+    pub pkce_verifier: &'a str,
+    /// Scopes besides the configured ones.
+    pub extra_scopes: &'a [String],
+    pub prompt: Option<&'a str>,
+    pub login_hint: Option<&'a str>,
+}
+
+/// What redeeming an authorization code yields: a validated identity and the provider's tokens.
+pub struct ProviderLogin {
+    pub profile: Profile,
+    pub tokens: ProviderTokens,
+    /// The provider's session id (`sid` claim of the ID token), for back-channel logout.
+    pub provider_sid: Option<String>,
+}
+
+/// The provider's tokens. authgate keeps them server-side, encrypted; they never reach the SPA.
+pub struct ProviderTokens {
+    pub access_token: Secret<String>,
+    pub refresh_token: Option<Secret<String>>,
+    pub id_token: Option<Secret<String>>,
+    /// When the access token expires (unix seconds), if the provider said.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Discovery has not succeeded yet (start-up, or the provider was down from the start).
+    #[error("the identity provider is not available yet: {0}")]
+    NotReady(String),
+    /// A call to the provider failed at the network level or timed out.
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    /// The provider answered with an OAuth error (e.g. `invalid_grant`).
+    #[error("the identity provider rejected the request: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Rejected {
+        error: String,
+        description: Option<String>,
+    },
+    /// The ID token (or userinfo response) failed validation.
+    #[error("the identity provider's ID token is not valid: {0}")]
+    InvalidIdToken(String),
+    /// The provider answered something unusable (not JSON, missing fields).
+    #[error("the identity provider sent an unusable response: {0}")]
+    BadResponse(String),
+}
+
+#[async_trait]
+pub trait IdentityProvider: Send + Sync + 'static {
+    /// The provider's issuer, as configured.
+    fn issuer(&self) -> &str;
+
+    /// Whether discovery has completed.
+    fn is_ready(&self) -> bool;
+
+    /// Builds the authorization URL (`response_type=code`, PKCE S256, state, nonce, scopes).
+    fn authorization_url(&self, request: &AuthorizationRequest<'_>) -> Result<Url, ProviderError>;
+
+    /// Redeems an authorization code at the token endpoint, validates the ID token against the
+    /// nonce, and completes a thin profile from the userinfo endpoint.
+    async fn redeem_code(
+        &self,
+        code: &Secret<String>,
+        pkce_verifier: &Secret<String>,
+        redirect_uri: &str,
+        nonce: &Secret<String>,
+    ) -> Result<ProviderLogin, ProviderError>;
+
+    /// Reads the profile from the userinfo endpoint; its `sub` must equal `expected_subject`.
+    async fn user_info(
+        &self,
+        access_token: &Secret<String>,
+        expected_subject: &str,
+    ) -> Result<Profile, ProviderError>;
+
+    /// A readiness probe: the discovery document answers.
+    async fn check(&self) -> Result<(), ProviderError>;
+}

@@ -1,0 +1,650 @@
+//! The real provider client: OpenID Connect discovery, a cached JWKS with rate-limited refetch on
+//! an unknown `kid`, PKCE S256 authorization URLs, code exchange with `client_secret_basic` or
+//! `client_secret_post`, ID-token validation (OIDC Core 3.1.3.7, RFC 8725) and userinfo.
+//!
+//! The HTTP client follows no redirects (SSRF) and every call has a timeout.
+
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use openidconnect::{
+    AccessToken, AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthType,
+    AuthenticationFlow, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl,
+    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
+    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
+    SubjectIdentifier, TokenResponse, UserInfoError,
+    core::{
+        CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+        CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
+        CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+        CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+        CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
+    },
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use url::Url;
+
+use super::{AuthorizationRequest, IdentityProvider, ProviderError, ProviderLogin, ProviderTokens};
+use crate::{
+    config::{ClientAuthMethod, ProviderConfig},
+    domain::Profile,
+    secret::Secret,
+};
+
+/// The `groups` claim (Okta, `oidc-provider` and most IdPs use a string array).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupsClaim {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+impl AdditionalClaims for GroupsClaim {}
+
+/// Discovery fields beyond OIDC Core that authgate uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type TokenFields = IdTokenFields<
+    GroupsClaim,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type ProviderTokenResponse = StandardTokenResponse<TokenFields, CoreTokenType>;
+
+type OidcClient = Client<
+    GroupsClaim,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    ProviderTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+    EndpointMaybeSet,
+>;
+
+/// ID token signature algorithms authgate accepts (never `none`, never HMAC).
+const ASYMMETRIC_ALGS: &[CoreJwsSigningAlgorithm] = &[
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// An ID token older than this (by `iat`) is refused even if not yet expired.
+const MAX_ID_TOKEN_AGE: Duration = Duration::from_secs(600);
+/// At most one JWKS refetch per this interval, however many unknown `kid`s arrive.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Discovery retry backoff bounds.
+const DISCOVERY_BACKOFF_START: Duration = Duration::from_millis(500);
+const DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What discovery produced.
+struct Discovered {
+    client: OidcClient,
+    metadata: Metadata,
+    /// The provider's advertised ID-token algorithms, intersected with [`ASYMMETRIC_ALGS`].
+    allowed_algs: Vec<CoreJwsSigningAlgorithm>,
+}
+
+pub struct OidcProvider {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    discovered: RwLock<Option<Arc<Discovered>>>,
+    /// The last discovery failure, reported while not ready.
+    last_error: RwLock<String>,
+    jwks: RwLock<CoreJsonWebKeySet>,
+    /// When the JWKS was last fetched, for rate limiting refetches.
+    jwks_fetched_at: tokio::sync::Mutex<Option<Instant>>,
+    /// Guards against two discovery loops.
+    started: Mutex<bool>,
+}
+
+impl OidcProvider {
+    pub fn new(config: ProviderConfig) -> Result<Arc<Self>, ProviderError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::NotReady(format!("cannot build HTTP client: {e}")))?;
+        Ok(Arc::new(Self {
+            config,
+            http,
+            discovered: RwLock::new(None),
+            last_error: RwLock::new("discovery has not run yet".into()),
+            jwks: RwLock::new(CoreJsonWebKeySet::new(Vec::new())),
+            jwks_fetched_at: tokio::sync::Mutex::new(None),
+            started: Mutex::new(false),
+        }))
+    }
+
+    /// Runs discovery until it succeeds, with exponential backoff. Returns at once if a discovery
+    /// loop is already running or done.
+    pub fn spawn_discovery(self: &Arc<Self>) {
+        {
+            let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+            if *started {
+                return;
+            }
+            *started = true;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = DISCOVERY_BACKOFF_START;
+            loop {
+                match this.discover().await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        warn!(issuer = %this.config.issuer, error = %e, retry_in = ?backoff, "provider discovery failed");
+                        *this.last_error.write().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(DISCOVERY_BACKOFF_MAX);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Fetches the discovery document and the JWKS and builds the client.
+    #[tracing::instrument(skip_all, fields(issuer = %self.config.issuer))]
+    pub async fn discover(&self) -> Result<(), ProviderError> {
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|e| ProviderError::NotReady(format!("issuer_url is not a URL: {e}")))?;
+        let metadata = Metadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| discovery_error("discovery", e))?;
+        let token_url = metadata.token_endpoint().cloned().ok_or_else(|| {
+            ProviderError::BadResponse("the discovery document has no token_endpoint".into())
+        })?;
+        let allowed_algs: Vec<CoreJwsSigningAlgorithm> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|alg| ASYMMETRIC_ALGS.contains(alg))
+            .cloned()
+            .collect();
+        if allowed_algs.is_empty() {
+            return Err(ProviderError::BadResponse(
+                "the provider advertises no asymmetric ID token signing algorithm authgate accepts (RS*, PS*, ES256, ES384, EdDSA)".into(),
+            ));
+        }
+        let client: OidcClient = Client::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.config.client_id.clone()),
+            Some(ClientSecret::new(
+                self.config.client_secret.expose().clone(),
+            )),
+        )
+        .set_token_uri(token_url)
+        .set_auth_type(match self.config.client_auth_method {
+            ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
+        });
+        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = metadata.jwks().clone();
+        *self.jwks_fetched_at.lock().await = Some(Instant::now());
+        *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Discovered {
+            client,
+            metadata,
+            allowed_algs,
+        }));
+        info!("provider discovery complete");
+        Ok(())
+    }
+
+    fn discovered(&self) -> Result<Arc<Discovered>, ProviderError> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                ProviderError::NotReady(format!(
+                    "discovery of {} has not succeeded yet (last error: {})",
+                    self.config.issuer,
+                    self.last_error.read().unwrap_or_else(|e| e.into_inner())
+                ))
+            })
+    }
+
+    /// The provider's `end_session_endpoint`, if it advertises one.
+    pub fn end_session_endpoint(&self) -> Option<String> {
+        self.discovered()
+            .ok()?
+            .metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()
+    }
+
+    /// Refetches the JWKS unless it was fetched within [`JWKS_REFETCH_INTERVAL`].
+    async fn refetch_jwks(&self, discovered: &Discovered) -> Result<(), ProviderError> {
+        let mut fetched_at = self.jwks_fetched_at.lock().await;
+        if fetched_at.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        *fetched_at = Some(Instant::now());
+        let jwks = CoreJsonWebKeySet::fetch_async(discovered.metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| discovery_error("JWKS", e))?;
+        info!(keys = jwks.keys().len(), "provider JWKS refetched");
+        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = jwks;
+        Ok(())
+    }
+
+    fn verify_id_token(
+        &self,
+        discovered: &Discovered,
+        id_token: &openidconnect::IdToken<
+            GroupsClaim,
+            CoreGenderClaim,
+            CoreJweContentEncryptionAlgorithm,
+            CoreJwsSigningAlgorithm,
+        >,
+        nonce: &Nonce,
+        access_token: &AccessToken,
+    ) -> Result<(Profile, Option<String>), openidconnect::ClaimsVerificationError> {
+        use openidconnect::ClaimsVerificationError as E;
+        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let skew = chrono::Duration::from_std(self.config.clock_skew).unwrap_or_default();
+        let max_age = chrono::Duration::from_std(MAX_ID_TOKEN_AGE).unwrap_or_default();
+        // A public-client verifier: it holds no client secret, so HMAC-signed tokens can never
+        // verify; the algorithm allow-list excludes them and `none` anyway.
+        let verifier = openidconnect::IdTokenVerifier::new_public_client(
+            ClientId::new(self.config.client_id.clone()),
+            IssuerUrl::new(self.config.issuer.clone())
+                .map_err(|e| E::Other(format!("issuer_url is not a URL: {e}")))?,
+            jwks,
+        )
+        .set_allowed_algs(discovered.allowed_algs.iter().cloned())
+        .set_time_fn(move || Utc::now() - skew)
+        .set_issue_time_verifier_fn(move |iat| {
+            let now = Utc::now();
+            if iat > now + skew {
+                Err(format!("issued in the future (iat {iat})"))
+            } else if iat < now - max_age - skew {
+                Err(format!("issued too long ago (iat {iat})"))
+            } else {
+                Ok(())
+            }
+        });
+        let claims = id_token.claims(&verifier, nonce)?;
+
+        // OIDC Core 3.1.3.7 steps 4-5, which openidconnect leaves to the caller.
+        let client_id = &self.config.client_id;
+        match claims.authorized_party() {
+            Some(azp) if azp.as_str() != client_id => {
+                return Err(E::InvalidAudience(format!(
+                    "azp `{}` is not this client",
+                    azp.as_str()
+                )));
+            }
+            None if claims.audiences().len() > 1 => {
+                return Err(E::InvalidAudience(
+                    "several audiences but no azp claim".into(),
+                ));
+            }
+            _ => {}
+        }
+        // OIDC Core 3.1.3.8: at_hash, when present, must match the access token.
+        if let Some(expected) = claims.access_token_hash() {
+            let alg = id_token.signing_alg().map_err(E::SignatureVerification)?;
+            let key = id_token
+                .signing_key(&verifier)
+                .map_err(E::SignatureVerification)?;
+            let actual = AccessTokenHash::from_token(access_token, alg, key)
+                .map_err(|e| E::Other(format!("cannot compute at_hash: {e}")))?;
+            if actual != *expected {
+                return Err(E::Other("at_hash does not match the access token".into()));
+            }
+        }
+
+        let localized = |c: Option<&openidconnect::LocalizedClaim<_>>| {
+            c.and_then(|c| c.get(None))
+                .map(|v: &openidconnect::EndUserName| v.to_string())
+        };
+        let profile = Profile {
+            sub: claims.subject().to_string(),
+            email: claims.email().map(|e| e.to_string()),
+            email_verified: claims.email_verified(),
+            name: localized(claims.name()),
+            given_name: claims
+                .given_name()
+                .and_then(|c| c.get(None))
+                .map(|v| v.to_string()),
+            family_name: claims
+                .family_name()
+                .and_then(|c| c.get(None))
+                .map(|v| v.to_string()),
+            preferred_username: claims.preferred_username().map(|u| u.to_string()),
+            groups: claims.additional_claims().groups.clone(),
+        };
+        let sid = claims_sid(id_token);
+        Ok((profile, sid))
+    }
+}
+
+/// The `sid` claim is not modelled by openidconnect; read it from the (already verified) payload.
+fn claims_sid<T: Serialize>(id_token: &T) -> Option<String> {
+    let compact = serde_json::to_value(id_token).ok()?;
+    let payload = compact.as_str()?.split('.').nth(1)?;
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("sid")?.as_str().map(str::to_string)
+}
+
+fn discovery_error<E: std::error::Error>(
+    what: &str,
+    e: openidconnect::DiscoveryError<E>,
+) -> ProviderError {
+    use openidconnect::DiscoveryError as D;
+    match e {
+        D::Request(inner) => {
+            ProviderError::Unreachable(format!("{what} request failed: {}", error_chain(&inner)))
+        }
+        D::Response(status, _, msg) => {
+            ProviderError::BadResponse(format!("{what} answered HTTP {status}: {msg}"))
+        }
+        D::Parse(inner) => {
+            ProviderError::BadResponse(format!("{what} document does not parse: {inner}"))
+        }
+        D::Validation(msg) => {
+            ProviderError::BadResponse(format!("{what} document is invalid: {msg}"))
+        }
+        D::UrlParse(inner) => ProviderError::BadResponse(format!("{what} URL is invalid: {inner}")),
+        D::Other(msg) => ProviderError::BadResponse(format!("{what} failed: {msg}")),
+        _ => ProviderError::BadResponse(format!("{what} failed")),
+    }
+}
+
+/// An error and its sources on one line (reqwest hides the useful part in a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn token_error<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
+) -> ProviderError {
+    match e {
+        RequestTokenError::ServerResponse(r) => ProviderError::Rejected {
+            error: r.error().to_string(),
+            description: r.error_description().cloned(),
+        },
+        RequestTokenError::Request(inner) => {
+            ProviderError::Unreachable(format!("token request failed: {}", error_chain(&inner)))
+        }
+        // The body may hold tokens: never include it.
+        RequestTokenError::Parse(inner, _body) => ProviderError::BadResponse(format!(
+            "the token response does not parse (at {})",
+            inner.path()
+        )),
+        RequestTokenError::Other(msg) => {
+            ProviderError::BadResponse(format!("token endpoint: {msg}"))
+        }
+    }
+}
+
+fn id_token_error(e: openidconnect::ClaimsVerificationError) -> ProviderError {
+    use openidconnect::{ClaimsVerificationError as E, SignatureVerificationError as S};
+    ProviderError::InvalidIdToken(match e {
+        E::Expired(m) => format!("expired or outside the allowed clock skew: {m}"),
+        E::InvalidAudience(m) => format!("wrong audience: {m}"),
+        E::InvalidIssuer(m) => format!("wrong issuer: {m}"),
+        E::InvalidNonce(_) => "nonce does not match the login attempt".into(),
+        E::InvalidSubject(m) => format!("wrong subject: {m}"),
+        E::SignatureVerification(S::NoMatchingKey) => {
+            "signed by a key that is not in the provider's JWKS".into()
+        }
+        E::SignatureVerification(S::DisallowedAlg(m)) => format!("algorithm not allowed: {m}"),
+        E::SignatureVerification(S::NoSignature) => "unsigned (alg none)".into(),
+        E::SignatureVerification(other) => format!("signature check failed: {other}"),
+        other => other.to_string(),
+    })
+}
+
+#[async_trait]
+impl IdentityProvider for OidcProvider {
+    fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    fn is_ready(&self) -> bool {
+        self.discovered.read().map(|d| d.is_some()).unwrap_or(false)
+    }
+
+    fn authorization_url(&self, r: &AuthorizationRequest<'_>) -> Result<Url, ProviderError> {
+        let d = self.discovered()?;
+        let redirect = RedirectUrl::new(r.redirect_uri.to_string())
+            .map_err(|e| ProviderError::BadResponse(format!("redirect URI: {e}")))?;
+        let verifier = PkceCodeVerifier::new(r.pkce_verifier.to_string());
+        let (state, nonce) = (r.state.to_string(), r.nonce.to_string());
+        let mut request = d
+            .client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                move || CsrfToken::new(state),
+                move || Nonce::new(nonce),
+            )
+            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier))
+            .set_redirect_uri(Cow::Owned(redirect));
+        for scope in self.config.scopes.iter().chain(r.extra_scopes) {
+            if scope != "openid" {
+                request = request.add_scope(Scope::new(scope.clone()));
+            }
+        }
+        if let Some(hint) = r.login_hint {
+            request = request.set_login_hint(LoginHint::new(hint.to_string()));
+        }
+        if let Some(prompt) = r.prompt {
+            request = request.add_prompt(match prompt {
+                "none" => CoreAuthPrompt::None,
+                "login" => CoreAuthPrompt::Login,
+                "consent" => CoreAuthPrompt::Consent,
+                "select_account" => CoreAuthPrompt::SelectAccount,
+                other => CoreAuthPrompt::Extension(other.to_string()),
+            });
+        }
+        Ok(request.url().0)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn redeem_code(
+        &self,
+        code: &Secret<String>,
+        pkce_verifier: &Secret<String>,
+        redirect_uri: &str,
+        nonce: &Secret<String>,
+    ) -> Result<ProviderLogin, ProviderError> {
+        let d = self.discovered()?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| ProviderError::BadResponse(format!("redirect URI: {e}")))?;
+        let response = d
+            .client
+            .exchange_code(AuthorizationCode::new(code.expose().clone()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().clone()))
+            .set_redirect_uri(Cow::Owned(redirect))
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let id_token = response.id_token().ok_or_else(|| {
+            ProviderError::BadResponse(
+                "the token response has no id_token (is the `openid` scope granted to this client?)"
+                    .into(),
+            )
+        })?;
+        let nonce = Nonce::new(nonce.expose().clone());
+        let verified = match self.verify_id_token(&d, id_token, &nonce, response.access_token()) {
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) => {
+                // The provider may have rotated its keys: refetch once (rate-limited) and retry.
+                self.refetch_jwks(&d).await?;
+                self.verify_id_token(&d, id_token, &nonce, response.access_token())
+            }
+            other => other,
+        };
+        let (mut profile, provider_sid) = verified.map_err(id_token_error)?;
+
+        let access_token = Secret::new(response.access_token().secret().clone());
+        if profile.is_thin() && d.client.user_info_url().is_some() {
+            let full = self.user_info(&access_token, &profile.sub).await?;
+            profile.merge_from(full);
+        }
+        let expires_at = response
+            .expires_in()
+            .map(|d| Utc::now().timestamp() + i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+        Ok(ProviderLogin {
+            profile,
+            provider_sid,
+            tokens: ProviderTokens {
+                access_token,
+                refresh_token: response
+                    .refresh_token()
+                    .map(|t| Secret::new(t.secret().clone())),
+                id_token: Some(Secret::new(id_token.to_string())),
+                expires_at,
+            },
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn user_info(
+        &self,
+        access_token: &Secret<String>,
+        expected_subject: &str,
+    ) -> Result<Profile, ProviderError> {
+        let d = self.discovered()?;
+        let request = d
+            .client
+            .user_info(
+                AccessToken::new(access_token.expose().clone()),
+                Some(SubjectIdentifier::new(expected_subject.to_string())),
+            )
+            .map_err(|_| {
+                ProviderError::BadResponse("the provider has no userinfo_endpoint".into())
+            })?;
+        let claims: openidconnect::UserInfoClaims<GroupsClaim, CoreGenderClaim> = request
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                UserInfoError::ClaimsVerification(inner) => ProviderError::InvalidIdToken(format!(
+                    "userinfo does not belong to the signed-in user: {inner}"
+                )),
+                UserInfoError::Request(inner) => ProviderError::Unreachable(format!(
+                    "userinfo request failed: {}",
+                    error_chain(&inner)
+                )),
+                UserInfoError::Response(status, _, _) if status.as_u16() == 401 => {
+                    ProviderError::Rejected {
+                        error: "invalid_token".into(),
+                        description: Some("the provider no longer accepts its access token".into()),
+                    }
+                }
+                UserInfoError::Response(status, _, _) => {
+                    ProviderError::BadResponse(format!("userinfo answered HTTP {status}"))
+                }
+                UserInfoError::Parse(inner) => ProviderError::BadResponse(format!(
+                    "userinfo does not parse (at {})",
+                    inner.path()
+                )),
+                other => ProviderError::BadResponse(format!("userinfo failed: {other}")),
+            })?;
+        Ok(Profile {
+            sub: claims.subject().to_string(),
+            email: claims.email().map(|e| e.to_string()),
+            email_verified: claims.email_verified(),
+            name: claims
+                .name()
+                .and_then(|c| c.get(None))
+                .map(|v| v.to_string()),
+            given_name: claims
+                .given_name()
+                .and_then(|c| c.get(None))
+                .map(|v| v.to_string()),
+            family_name: claims
+                .family_name()
+                .and_then(|c| c.get(None))
+                .map(|v| v.to_string()),
+            preferred_username: claims.preferred_username().map(|u| u.to_string()),
+            groups: claims.additional_claims().groups.clone(),
+        })
+    }
+
+    async fn check(&self) -> Result<(), ProviderError> {
+        if !self.is_ready() {
+            return Err(self
+                .discovered()
+                .err()
+                .unwrap_or_else(|| ProviderError::NotReady("discovery has not completed".into())));
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unreachable(error_chain(&e)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ProviderError::BadResponse(format!(
+                "discovery answered HTTP {}",
+                response.status()
+            )))
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Persistence: login attempts, sessions and signing keys, on PostgreSQL (production, shared by
+//! every replica) or an embedded SQLite file (the default when no `DATABASE_URL` is set).
+//!
+//! Both back ends run the same SQL (written once in [`sql`]); only the migrations differ. All
+//! timestamps are unix seconds. Secrets are hashed (handles) or encrypted (provider tokens,
+//! private keys) before they reach this module.
+
+mod sql;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use crate::config::DatabaseConfig;
+pub use sql::{PgStore, SqliteStore};
+
+/// A pending login, created by GetLoginUrl and consumed once by ExchangeCode.
+#[derive(Clone, sqlx::FromRow)]
+pub struct LoginAttempt {
+    /// SHA-256 of the `state` handed to the browser; the state itself is never stored.
+    pub state_hash: Vec<u8>,
+    /// SHA-256 of the user-agent binding secret.
+    pub binding_hash: Vec<u8>,
+    /// The OpenID Connect nonce the ID token must carry.
+    pub nonce: String,
+    /// The PKCE code verifier (S256 challenge sent to the provider).
+    pub pkce_verifier: String,
+    pub redirect_uri: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for LoginAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAttempt")
+            .field("redirect_uri", &self.redirect_uri)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What consuming an attempt found.
+#[derive(Debug)]
+pub enum Consumed {
+    /// The attempt existed with this binding and is now deleted; nobody else can consume it.
+    Attempt(LoginAttempt),
+    /// The state exists but the binding differs; the attempt is left in place.
+    WrongBinding,
+    /// No attempt has this state (never issued, already consumed, or swept).
+    NotFound,
+}
+
+/// A signed-in user's session.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SessionRecord {
+    /// Random id; the `sid` claim of authgate's JWTs.
+    pub id: String,
+    pub subject: String,
+    /// The profile as JSON (see [`crate::domain::Profile`]).
+    pub profile: String,
+    /// Provider tokens, each encrypted with [`crate::crypto::Cipher`].
+    pub provider_access_token: Option<Vec<u8>>,
+    pub provider_refresh_token: Option<Vec<u8>>,
+    pub provider_id_token: Option<Vec<u8>>,
+    /// The provider's `sid` claim, to match back-channel logouts.
+    pub provider_sid: Option<String>,
+    pub provider_token_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One of authgate's own signing keys.
+#[derive(Clone, sqlx::FromRow)]
+pub struct StoredSigningKey {
+    pub kid: String,
+    pub algorithm: String,
+    /// PKCS#8 DER private key, encrypted.
+    pub private_key: Vec<u8>,
+    /// The public key as a JWK (JSON).
+    pub public_jwk: String,
+    pub created_at: i64,
+    pub activates_at: i64,
+    pub retires_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is refusing work; retrying later may help.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A row already exists with this key.
+    #[error("duplicate record: {0}")]
+    Duplicate(String),
+    /// Anything else (bad SQL, corrupt data): a bug or an operator problem.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &e {
+            // Protocol: the connection broke mid-conversation (e.g. dropped during the TLS
+            // negotiation by a proxy whose backend is gone).
+            E::Io(_)
+            | E::Tls(_)
+            | E::Protocol(_)
+            | E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed => Self::Unavailable(e.to_string()),
+            E::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL: class 08 connection exception, 57P0x shutdown, 53xxx resources,
+                // 3D000 database missing. SQLite: 5 BUSY, 6 LOCKED.
+                if code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("53")
+                    || code == "3D000"
+                    || code == "5"
+                    || code == "6"
+                {
+                    Self::Unavailable(db.message().to_string())
+                } else if db.is_unique_violation() {
+                    Self::Duplicate(db.message().to_string())
+                } else {
+                    Self::Other(db.message().to_string())
+                }
+            }
+            _ => Self::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+            other => Self::Other(format!("migration failed: {other}")),
+        }
+    }
+}
+
+/// How long a request waits for a database connection before answering UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The store, on whichever back end the configuration names.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Runs the same method on whichever back end this is.
+macro_rules! on_backend {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Postgres($s) => $e,
+            Store::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a connection pool. Connections are made lazily, so start-up succeeds while the
+    /// database is down; health reports NOT_SERVING until it answers.
+    pub fn connect(config: &DatabaseConfig, max_connections: u32) -> Result<Self, StoreError> {
+        match config {
+            DatabaseConfig::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url.expose())
+                    .map_err(|e| StoreError::Other(format!("DATABASE_URL is not valid: {e}")))?
+                    .application_name("authgate");
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options);
+                Ok(Store::Postgres(PgStore::new(pool)))
+            }
+            DatabaseConfig::Sqlite(path) => {
+                let in_memory = path.as_os_str() == ":memory:";
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(if in_memory {
+                        SqliteJournalMode::Memory
+                    } else {
+                        SqliteJournalMode::Wal
+                    })
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    // An in-memory database exists per connection: keep exactly one.
+                    .max_connections(if in_memory { 1 } else { max_connections.min(8) })
+                    .min_connections(if in_memory { 1 } else { 0 })
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options);
+                Ok(Store::Sqlite(SqliteStore::new(pool)))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the embedded migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        on_backend!(self, s => s.migrate().await)
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_backend!(self, s => s.ping().await)
+    }
+
+    pub async fn insert_attempt(&self, attempt: &LoginAttempt) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_attempt(attempt).await)
+    }
+
+    /// Atomically deletes and returns the attempt with this state and binding. Two concurrent
+    /// calls for the same state cannot both get it: the DELETE decides.
+    pub async fn consume_attempt(
+        &self,
+        state_hash: &[u8],
+        binding_hash: &[u8],
+    ) -> Result<Consumed, StoreError> {
+        on_backend!(self, s => s.consume_attempt(state_hash, binding_hash).await)
+    }
+
+    /// Deletes attempts that expired before `now`; returns how many.
+    pub async fn sweep_expired_attempts(&self, now: i64) -> Result<u64, StoreError> {
+        on_backend!(self, s => s.sweep_expired_attempts(now).await)
+    }
+
+    pub async fn count_pending_attempts(&self, now: i64) -> Result<i64, StoreError> {
+        on_backend!(self, s => s.count_pending_attempts(now).await)
+    }
+
+    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_session(session).await)
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        on_backend!(self, s => s.get_session(id).await)
+    }
+
+    /// Replaces the stored profile and, when given, the provider access token and its expiry.
+    pub async fn update_session_profile(
+        &self,
+        id: &str,
+        profile_json: &str,
+        provider_access_token: Option<(&[u8], Option<i64>)>,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.update_session_profile(id, profile_json, provider_access_token).await)
+    }
+
+    pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_signing_key(key).await)
+    }
+
+    /// Every signing key not yet expired at `now`, oldest first.
+    pub async fn list_signing_keys(&self, now: i64) -> Result<Vec<StoredSigningKey>, StoreError> {
+        on_backend!(self, s => s.list_signing_keys(now).await)
+    }
+}

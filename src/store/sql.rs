@@ -1,0 +1,185 @@
+//! The SQL, written once and compiled for both back ends. PostgreSQL and SQLite (through sqlx)
+//! both accept `$n` placeholders, `RETURNING`, and the column types used here (BIGINT/INTEGER as
+//! `i64`, BYTEA/BLOB as `Vec<u8>`, TEXT as `String`), so one macro body serves both.
+
+use super::{Consumed, LoginAttempt, SessionRecord, StoreError, StoredSigningKey};
+
+const SESSION_COLUMNS: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
+     provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at";
+
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $migrations:literal) => {
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl $name {
+            pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                Self { pool }
+            }
+
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            pub async fn migrate(&self) -> Result<(), StoreError> {
+                sqlx::migrate!($migrations).run(&self.pool).await?;
+                Ok(())
+            }
+
+            pub async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            pub async fn insert_attempt(&self, a: &LoginAttempt) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO login_attempts \
+                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&a.state_hash)
+                .bind(&a.binding_hash)
+                .bind(&a.nonce)
+                .bind(&a.pkce_verifier)
+                .bind(&a.redirect_uri)
+                .bind(a.created_at)
+                .bind(a.expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn consume_attempt(
+                &self,
+                state_hash: &[u8],
+                binding_hash: &[u8],
+            ) -> Result<Consumed, StoreError> {
+                let row: Option<LoginAttempt> = sqlx::query_as(
+                    "DELETE FROM login_attempts WHERE state_hash = $1 AND binding_hash = $2 \
+                     RETURNING state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, created_at, expires_at",
+                )
+                .bind(state_hash)
+                .bind(binding_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(attempt) = row {
+                    return Ok(Consumed::Attempt(attempt));
+                }
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT expires_at FROM login_attempts WHERE state_hash = $1")
+                        .bind(state_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(if exists.is_some() { Consumed::WrongBinding } else { Consumed::NotFound })
+            }
+
+            pub async fn sweep_expired_attempts(&self, now: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM login_attempts WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            pub async fn count_pending_attempts(&self, now: i64) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM login_attempts WHERE expires_at >= $1")
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+                sqlx::query(&format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ))
+                .bind(&s.id)
+                .bind(&s.subject)
+                .bind(&s.profile)
+                .bind(&s.provider_access_token)
+                .bind(&s.provider_refresh_token)
+                .bind(&s.provider_id_token)
+                .bind(&s.provider_sid)
+                .bind(s.provider_token_expires_at)
+                .bind(s.created_at)
+                .bind(s.expires_at)
+                .bind(s.revoked_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            pub async fn update_session_profile(
+                &self,
+                id: &str,
+                profile_json: &str,
+                provider_access_token: Option<(&[u8], Option<i64>)>,
+            ) -> Result<bool, StoreError> {
+                let done = match provider_access_token {
+                    Some((token, expires_at)) => {
+                        sqlx::query(
+                            "UPDATE sessions SET profile = $2, provider_access_token = $3, \
+                             provider_token_expires_at = $4 WHERE id = $1 AND revoked_at IS NULL",
+                        )
+                        .bind(id)
+                        .bind(profile_json)
+                        .bind(token)
+                        .bind(expires_at)
+                        .execute(&self.pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query("UPDATE sessions SET profile = $2 WHERE id = $1 AND revoked_at IS NULL")
+                            .bind(id)
+                            .bind(profile_json)
+                            .execute(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn insert_signing_key(&self, k: &StoredSigningKey) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO signing_keys \
+                     (kid, algorithm, private_key, public_jwk, created_at, activates_at, retires_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&k.kid)
+                .bind(&k.algorithm)
+                .bind(&k.private_key)
+                .bind(&k.public_jwk)
+                .bind(k.created_at)
+                .bind(k.activates_at)
+                .bind(k.retires_at)
+                .bind(k.expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn list_signing_keys(&self, now: i64) -> Result<Vec<StoredSigningKey>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT kid, algorithm, private_key, public_jwk, created_at, activates_at, retires_at, expires_at \
+                     FROM signing_keys WHERE expires_at IS NULL OR expires_at > $1 \
+                     ORDER BY activates_at, kid",
+                )
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+sql_store!(PgStore, sqlx::Postgres, "migrations/postgres");
+sql_store!(SqliteStore, sqlx::Sqlite, "migrations/sqlite");

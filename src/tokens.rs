@@ -1,0 +1,583 @@
+//! authgate's own tokens: short-lived JWTs signed with an asymmetric key (ES256 by default,
+//! EdDSA or RS256 by configuration), and the key ring that signs and verifies them.
+//!
+//! Keys come either from a PEM file (`signing_key_file`) or from the database, where they are
+//! generated on first start and kept encrypted, so every replica signs and verifies with the same
+//! set. The public halves are published as a JWKS.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    errors::ErrorKind,
+    jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
+};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::{
+    config::{SigningAlgorithm, TokenConfig},
+    crypto::{Cipher, random_handle},
+    domain::Profile,
+    store::{Store, StoreError, StoredSigningKey},
+};
+
+/// The claims of an authgate JWT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The provider's subject identifier for the user.
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The authgate session this token belongs to; revoking the session revokes the token.
+    pub sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// Why a token was refused. Machine-readable (ValidateToken reports it) and safe to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token was signed by a key authgate does not know (kid)")]
+    UnknownKey,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    #[error("the token's session has been revoked or has ended")]
+    Revoked,
+}
+
+impl TokenRejection {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// One signing key, parsed and ready.
+pub struct KeyEntry {
+    pub kid: String,
+    pub algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// The public JWK, as published.
+    pub jwk: Jwk,
+    /// Signs from this time (unix seconds) on; published before.
+    pub activates_at: i64,
+    /// Stops signing at this time, if set.
+    pub retires_at: Option<i64>,
+    /// Dropped from the JWKS at this time, if set.
+    pub expires_at: Option<i64>,
+}
+
+impl KeyEntry {
+    fn can_sign_at(&self, now: i64) -> bool {
+        self.activates_at <= now && self.retires_at.is_none_or(|r| now < r)
+    }
+}
+
+/// The current set of keys.
+#[derive(Default)]
+pub struct KeyRing {
+    /// Oldest activation first.
+    keys: Vec<Arc<KeyEntry>>,
+    by_kid: HashMap<String, Arc<KeyEntry>>,
+}
+
+impl KeyRing {
+    fn new(mut keys: Vec<Arc<KeyEntry>>) -> Self {
+        keys.sort_by(|a, b| (a.activates_at, &a.kid).cmp(&(b.activates_at, &b.kid)));
+        let by_kid = keys
+            .iter()
+            .map(|k| (k.kid.clone(), Arc::clone(k)))
+            .collect();
+        Self { keys, by_kid }
+    }
+
+    /// The newest key that may sign now.
+    fn signing_key(&self, now: i64) -> Option<&Arc<KeyEntry>> {
+        self.keys.iter().rev().find(|k| k.can_sign_at(now))
+    }
+
+    pub fn jwks(&self) -> JwkSet {
+        JwkSet {
+            keys: self.keys.iter().map(|k| k.jwk.clone()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Mints and verifies authgate JWTs.
+pub struct TokenIssuer {
+    issuer: String,
+    audience: String,
+    ttl_secs: i64,
+    algorithm: SigningAlgorithm,
+    ring: RwLock<Arc<KeyRing>>,
+    /// `Some` when keys live in the database (not a key file).
+    store: Option<(Store, Cipher)>,
+}
+
+/// Tolerated clock difference between replicas for `exp`/`nbf`.
+const LEEWAY_SECS: u64 = 10;
+
+impl TokenIssuer {
+    /// Loads the keys: from `key_file` if configured, else from the database (generating the
+    /// first key if there is none).
+    pub async fn load(
+        issuer: String,
+        config: &TokenConfig,
+        store: &Store,
+        cipher: &Cipher,
+    ) -> Result<Self, KeyError> {
+        let mut this = Self {
+            issuer,
+            audience: config.audience.clone(),
+            ttl_secs: i64::try_from(config.ttl.as_secs()).unwrap_or(900),
+            algorithm: config.algorithm,
+            ring: RwLock::new(Arc::new(KeyRing::default())),
+            store: None,
+        };
+        match &config.key_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    KeyError::Invalid(format!("cannot read {}: {e}", path.display()))
+                })?;
+                let entry = key_from_pem(config.algorithm, &pem)?;
+                info!(kid = %entry.kid, alg = config.algorithm.as_str(), "signing key loaded from file");
+                this.ring = RwLock::new(Arc::new(KeyRing::new(vec![Arc::new(entry)])));
+            }
+            None => {
+                this.store = Some((store.clone(), cipher.clone()));
+                this.reload().await?;
+                if this.ring().signing_key(now()).is_none() {
+                    this.add_key(now()).await?;
+                    this.reload().await?;
+                }
+            }
+        }
+        Ok(this)
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.ring.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Re-reads the key set from the database (no-op with a key file).
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let Some((store, cipher)) = &self.store else {
+            return Ok(());
+        };
+        let stored = store.list_signing_keys(now()).await?;
+        let mut keys = Vec::with_capacity(stored.len());
+        for k in stored {
+            keys.push(Arc::new(key_from_store(&k, cipher)?));
+        }
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing::new(keys));
+        Ok(())
+    }
+
+    /// Generates a key of the configured algorithm that starts signing at `activates_at`, and
+    /// stores it (encrypted). Returns its kid.
+    pub async fn add_key(&self, activates_at: i64) -> Result<String, KeyError> {
+        let Some((store, cipher)) = &self.store else {
+            return Err(KeyError::Invalid(
+                "keys come from signing_key_file; rotate by replacing the file".into(),
+            ));
+        };
+        let (der, entry) = generate_key(self.algorithm, activates_at)?;
+        let record = StoredSigningKey {
+            kid: entry.kid.clone(),
+            algorithm: self.algorithm.as_str().to_string(),
+            private_key: cipher.encrypt(&der, &key_context(&entry.kid)),
+            public_jwk: serde_json::to_string(&entry.jwk)
+                .map_err(|e| KeyError::Invalid(e.to_string()))?,
+            created_at: now(),
+            activates_at,
+            retires_at: None,
+            expires_at: None,
+        };
+        store.insert_signing_key(&record).await?;
+        info!(kid = %entry.kid, alg = self.algorithm.as_str(), activates_at, "signing key generated");
+        Ok(entry.kid)
+    }
+
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The public keys, for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> JwkSet {
+        self.ring().jwks()
+    }
+
+    /// Mints a token for a session.
+    pub fn mint(&self, session_id: &str, profile: &Profile) -> Result<(String, Claims), KeyError> {
+        let now = now();
+        let ring = self.ring();
+        let key = ring
+            .signing_key(now)
+            .ok_or_else(|| KeyError::Invalid("no signing key is active".into()))?;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: profile.sub.clone(),
+            exp: now + self.ttl_secs,
+            iat: now,
+            nbf: now,
+            jti: random_handle(16),
+            sid: session_id.to_string(),
+            email: profile.email.clone(),
+            email_verified: profile.email_verified,
+            name: profile.name.clone(),
+            preferred_username: profile.preferred_username.clone(),
+            groups: profile.groups.clone().unwrap_or_default(),
+        };
+        let mut header = Header::new(key.algorithm);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| KeyError::Invalid(format!("signing failed: {e}")))?;
+        Ok((token, claims))
+    }
+
+    /// Verifies signature, `iss`, `aud`, `exp` and `nbf`. Does not check revocation.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
+        if token.len() > 8192 {
+            return Err(TokenRejection::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
+        let ring = self.ring();
+        let key = ring.by_kid.get(&kid).ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.algorithm {
+            return Err(TokenRejection::BadSignature);
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenRejection::Expired,
+                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenRejection::BadSignature
+                }
+                _ => TokenRejection::Malformed,
+            })
+    }
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn key_context(kid: &str) -> String {
+    format!("signing_key:{kid}")
+}
+
+fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {
+    match alg {
+        SigningAlgorithm::Es256 => Algorithm::ES256,
+        SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+        SigningAlgorithm::Rs256 => Algorithm::RS256,
+    }
+}
+
+/// The PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410): the 32-byte seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Generates a private key; returns its PKCS#8 DER and the ready entry.
+fn generate_key(alg: SigningAlgorithm, activates_at: i64) -> Result<(Vec<u8>, KeyEntry), KeyError> {
+    let der = match alg {
+        SigningAlgorithm::Es256 => {
+            use p256::pkcs8::EncodePrivateKey;
+            // A uniformly random 32-byte string is a valid P-256 scalar with overwhelming
+            // probability; retry on the rare miss.
+            let key = loop {
+                let bytes: [u8; 32] = rand::random();
+                if let Ok(k) = p256::ecdsa::SigningKey::from_bytes(&bytes.into()) {
+                    break k;
+                }
+            };
+            key.to_pkcs8_der()
+                .map_err(|e| KeyError::Invalid(format!("cannot encode P-256 key: {e}")))?
+                .as_bytes()
+                .to_vec()
+        }
+        SigningAlgorithm::EdDsa => {
+            let seed: [u8; 32] = rand::random();
+            [ED25519_PKCS8_PREFIX.as_slice(), seed.as_slice()].concat()
+        }
+        SigningAlgorithm::Rs256 => {
+            return Err(KeyError::Invalid(
+                "RS256 keys are not generated; configure signing_key_file".into(),
+            ));
+        }
+    };
+    let entry = entry_from_der(alg, &der, activates_at, None, None)?;
+    Ok((der, entry))
+}
+
+fn encoding_key(alg: SigningAlgorithm, der: &[u8]) -> EncodingKey {
+    match alg {
+        SigningAlgorithm::Es256 => EncodingKey::from_ec_der(der),
+        SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(der),
+        SigningAlgorithm::Rs256 => EncodingKey::from_rsa_der(der),
+    }
+}
+
+fn entry_from_encoding(
+    alg: SigningAlgorithm,
+    encoding: EncodingKey,
+    activates_at: i64,
+    retires_at: Option<i64>,
+    expires_at: Option<i64>,
+) -> Result<KeyEntry, KeyError> {
+    let algorithm = jwt_algorithm(alg);
+    let mut jwk = Jwk::from_encoding_key(&encoding, algorithm)
+        .map_err(|e| KeyError::Invalid(format!("not a valid {} private key: {e}", alg.as_str())))?;
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| KeyError::Invalid(format!("cannot compute key thumbprint: {e}")))?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    let decoding = DecodingKey::from_jwk(&jwk)
+        .map_err(|e| KeyError::Invalid(format!("cannot derive the public key: {e}")))?;
+    // Prove the pair works before it signs anything.
+    let probe = jsonwebtoken::encode(&Header::new(algorithm), &serde_json::json!({}), &encoding)
+        .map_err(|e| {
+            KeyError::Invalid(format!("not a usable {} private key: {e}", alg.as_str()))
+        })?;
+    let mut validation = Validation::new(algorithm);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &validation)
+        .map_err(|e| KeyError::Invalid(format!("key pair does not verify: {e}")))?;
+    Ok(KeyEntry {
+        kid,
+        algorithm,
+        encoding,
+        decoding,
+        jwk,
+        activates_at,
+        retires_at,
+        expires_at,
+    })
+}
+
+fn entry_from_der(
+    alg: SigningAlgorithm,
+    der: &[u8],
+    activates_at: i64,
+    retires_at: Option<i64>,
+    expires_at: Option<i64>,
+) -> Result<KeyEntry, KeyError> {
+    entry_from_encoding(
+        alg,
+        encoding_key(alg, der),
+        activates_at,
+        retires_at,
+        expires_at,
+    )
+}
+
+fn key_from_pem(alg: SigningAlgorithm, pem: &[u8]) -> Result<KeyEntry, KeyError> {
+    let encoding = match alg {
+        SigningAlgorithm::Es256 => EncodingKey::from_ec_pem(pem),
+        SigningAlgorithm::EdDsa => EncodingKey::from_ed_pem(pem),
+        SigningAlgorithm::Rs256 => EncodingKey::from_rsa_pem(pem),
+    }
+    .map_err(|e| {
+        KeyError::Invalid(format!(
+            "signing_key_file is not a PKCS#8 PEM {} key: {e}",
+            alg.as_str()
+        ))
+    })?;
+    entry_from_encoding(alg, encoding, 0, None, None)
+}
+
+fn key_from_store(k: &StoredSigningKey, cipher: &Cipher) -> Result<KeyEntry, KeyError> {
+    let alg = SigningAlgorithm::parse(&k.algorithm)
+        .ok_or_else(|| KeyError::Invalid(format!("stored key {} has unknown algorithm", k.kid)))?;
+    let der = cipher
+        .decrypt(&k.private_key, &key_context(&k.kid))
+        .map_err(|e| KeyError::Invalid(format!("stored key {}: {e}", k.kid)))?;
+    entry_from_der(alg, &der, k.activates_at, k.retires_at, k.expires_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer_with(alg: SigningAlgorithm) -> TokenIssuer {
+        let (_, entry) = generate_key(alg, 0).unwrap();
+        TokenIssuer {
+            issuer: "https://authgate.example.com".into(),
+            audience: "authgate".into(),
+            ttl_secs: 900,
+            algorithm: alg,
+            ring: RwLock::new(Arc::new(KeyRing::new(vec![Arc::new(entry)]))),
+            store: None,
+        }
+    }
+
+    fn profile() -> Profile {
+        Profile {
+            sub: "00u1".into(),
+            email: Some("a@example.com".into()),
+            groups: Some(vec!["admins".into()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn es256_and_eddsa_tokens_round_trip() {
+        for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let issuer = issuer_with(alg);
+            let (token, claims) = issuer.mint("sid-1", &profile()).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.alg, jwt_algorithm(alg));
+            assert!(header.kid.is_some());
+            let verified = issuer.verify(&token).unwrap();
+            assert_eq!(verified, claims);
+            assert_eq!(verified.sid, "sid-1");
+            assert_eq!(verified.groups, vec!["admins"]);
+            assert_eq!(verified.exp - verified.iat, 900);
+            let jwks = issuer.jwks();
+            assert_eq!(jwks.keys.len(), 1);
+            assert_eq!(jwks.keys[0].common.key_id, header.kid);
+        }
+    }
+
+    #[test]
+    fn tampered_foreign_and_malformed_tokens_are_rejected() {
+        let issuer = issuer_with(SigningAlgorithm::Es256);
+        let other = issuer_with(SigningAlgorithm::Es256);
+        let (token, _) = issuer.mint("sid", &profile()).unwrap();
+
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        parts[1] = parts[1].chars().rev().collect();
+        assert!(issuer.verify(&parts.join(".")).is_err());
+
+        let (foreign, _) = other.mint("sid", &profile()).unwrap();
+        assert_eq!(issuer.verify(&foreign), Err(TokenRejection::UnknownKey));
+        assert_eq!(issuer.verify("not-a-jwt"), Err(TokenRejection::Malformed));
+        assert_eq!(issuer.verify(""), Err(TokenRejection::Malformed));
+    }
+
+    #[test]
+    fn alg_none_and_hmac_confusion_are_rejected() {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+        let issuer = issuer_with(SigningAlgorithm::Es256);
+        let (token, _) = issuer.mint("sid", &profile()).unwrap();
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let none_header = B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#));
+        assert!(issuer.verify(&format!("{none_header}.{payload}.")).is_err());
+
+        // HS256 "signed" with the public key as the secret.
+        let jwk_json = serde_json::to_string(&issuer.jwks().keys[0]).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(jwk_json.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(issuer.verify(&forged), Err(TokenRejection::BadSignature));
+    }
+
+    #[test]
+    fn wrong_audience_issuer_and_expiry_are_told_apart() {
+        let issuer = issuer_with(SigningAlgorithm::Es256);
+        let ring = issuer.ring();
+        let key = ring.signing_key(now()).unwrap();
+        let (_, mut claims) = issuer.mint("sid", &profile()).unwrap();
+        let sign = |c: &Claims| {
+            let mut h = Header::new(key.algorithm);
+            h.kid = Some(key.kid.clone());
+            jsonwebtoken::encode(&h, c, &key.encoding).unwrap()
+        };
+        claims.aud = "someone-else".into();
+        assert_eq!(
+            issuer.verify(&sign(&claims)),
+            Err(TokenRejection::WrongAudience)
+        );
+        claims.aud = "authgate".into();
+        claims.iss = "https://evil.example.com".into();
+        assert_eq!(
+            issuer.verify(&sign(&claims)),
+            Err(TokenRejection::WrongIssuer)
+        );
+        claims.iss = "https://authgate.example.com".into();
+        claims.exp = now() - 3600;
+        assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::Expired));
+        claims.exp = now() + 3600;
+        claims.nbf = now() + 600;
+        assert_eq!(
+            issuer.verify(&sign(&claims)),
+            Err(TokenRejection::NotYetValid)
+        );
+    }
+}

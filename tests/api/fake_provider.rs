@@ -1,0 +1,274 @@
+//! A fake OpenID provider, for what a real provider cannot show: malicious or broken ID tokens,
+//! error answers, slowness and outages. It serves discovery, a JWKS, a token endpoint that
+//! answers whatever the test set up, and userinfo. It runs on its own runtime in its own thread,
+//! so [`FakeProvider::stop`] really closes every connection.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Form, Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use serde_json::{Value, json};
+
+/// How the next ID token is signed.
+#[derive(Clone, Copy, Debug)]
+pub enum Signing {
+    /// With the key published in the JWKS.
+    Published,
+    /// With a key the JWKS does not contain (but a plausible `kid`).
+    Unpublished,
+    /// `alg: none`, no signature.
+    None,
+    /// HS256 with the published public key's JSON as the HMAC secret (key-confusion attack).
+    HmacWithPublicKey,
+}
+
+/// What the token endpoint answers next.
+#[derive(Clone, Debug)]
+pub enum TokenAnswer {
+    /// An ID token with these claims, signed as given.
+    IdToken { claims: Value, signing: Signing },
+    /// An OAuth error response.
+    Error { status: u16, body: Value },
+}
+
+/// A recorded token request.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    pub form: BTreeMap<String, String>,
+    pub authorization: Option<String>,
+}
+
+struct Key {
+    encoding: EncodingKey,
+    jwk: Jwk,
+    kid: String,
+}
+
+struct FakeState {
+    issuer: String,
+    published: Key,
+    unpublished: Key,
+    answer: Mutex<Option<TokenAnswer>>,
+    token_delay: Mutex<Option<Duration>>,
+    last_token_request: Mutex<Option<TokenRequest>>,
+    userinfo: Mutex<Value>,
+}
+
+pub struct FakeProvider {
+    pub issuer: String,
+    state: Arc<FakeState>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+fn es256_key(kid: &str) -> Key {
+    use p256::pkcs8::EncodePrivateKey;
+    let secret = p256::ecdsa::SigningKey::from_bytes(&rand::random::<[u8; 32]>().into()).unwrap();
+    let der = secret.to_pkcs8_der().unwrap();
+    let encoding = EncodingKey::from_ec_der(der.as_bytes());
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some(kid.to_string());
+    Key {
+        encoding,
+        jwk,
+        kid: kid.to_string(),
+    }
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(FakeState {
+            issuer: issuer.clone(),
+            published: es256_key("fake-key-1"),
+            unpublished: es256_key("fake-key-2"),
+            answer: Mutex::new(None),
+            token_delay: Mutex::new(None),
+            last_token_request: Mutex::new(None),
+            userinfo: Mutex::new(json!({
+                "sub": "fake-user-1",
+                "email": "mallory@example.com",
+                "email_verified": true,
+                "name": "Mallory Fake",
+                "groups": ["fakers"],
+            })),
+        });
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/token", post(token))
+            .route("/userinfo", get(userinfo))
+            .with_state(Arc::clone(&state));
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app).await;
+            });
+            let _ = stop_rx.recv();
+            rt.shutdown_background();
+        });
+        Self {
+            issuer,
+            state,
+            stop: Some(stop_tx),
+        }
+    }
+
+    /// Stops serving: the port closes and every open connection is dropped.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Claims of a valid ID token for the client, with this nonce.
+    pub fn valid_claims(&self, client_id: &str, nonce: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "iss": self.issuer,
+            "sub": "fake-user-1",
+            "aud": client_id,
+            "exp": now + 300,
+            "iat": now,
+            "nonce": nonce,
+            "email": "mallory@example.com",
+            "email_verified": true,
+            "name": "Mallory Fake",
+            "groups": ["fakers"],
+        })
+    }
+
+    pub fn answer_next(&self, answer: TokenAnswer) {
+        *self.state.answer.lock().unwrap() = Some(answer);
+    }
+
+    pub fn delay_token(&self, delay: Duration) {
+        *self.state.token_delay.lock().unwrap() = Some(delay);
+    }
+
+    pub fn last_token_request(&self) -> Option<TokenRequest> {
+        self.state.last_token_request.lock().unwrap().clone()
+    }
+
+    pub fn set_userinfo(&self, value: Value) {
+        *self.state.userinfo.lock().unwrap() = value;
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn discovery(State(s): State<Arc<FakeState>>) -> Json<Value> {
+    Json(json!({
+        "issuer": s.issuer,
+        "authorization_endpoint": format!("{}/authorize", s.issuer),
+        "token_endpoint": format!("{}/token", s.issuer),
+        "userinfo_endpoint": format!("{}/userinfo", s.issuer),
+        "jwks_uri": format!("{}/jwks", s.issuer),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256", "HS256", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
+}
+
+async fn jwks(State(s): State<Arc<FakeState>>) -> Json<Value> {
+    Json(json!({ "keys": [s.published.jwk] }))
+}
+
+fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {
+    match signing {
+        Signing::Published | Signing::Unpublished => {
+            let key = if matches!(signing, Signing::Published) {
+                &s.published
+            } else {
+                &s.unpublished
+            };
+            let mut header = Header::new(Algorithm::ES256);
+            // The unpublished key claims a kid that is not in the JWKS either.
+            header.kid = Some(key.kid.clone());
+            jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+        }
+        Signing::None => {
+            let header = B64.encode(json!({"alg": "none", "typ": "JWT"}).to_string());
+            let payload = B64.encode(claims.to_string());
+            format!("{header}.{payload}.")
+        }
+        Signing::HmacWithPublicKey => {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(s.published.kid.clone());
+            let secret = serde_json::to_string(&s.published.jwk).unwrap();
+            jsonwebtoken::encode(
+                &header,
+                claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        }
+    }
+}
+
+async fn token(
+    State(s): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    *s.last_token_request.lock().unwrap() = Some(TokenRequest {
+        form,
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    });
+    let delay = *s.token_delay.lock().unwrap();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let answer = s.answer.lock().unwrap().clone();
+    match answer {
+        Some(TokenAnswer::IdToken { claims, signing }) => Json(json!({
+            "access_token": format!("fake-access-{}", rand::random::<u64>()),
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "id_token": sign(&s, &claims, signing),
+        }))
+        .into_response(),
+        Some(TokenAnswer::Error { status, body }) => {
+            (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn userinfo(State(s): State<Arc<FakeState>>) -> Json<Value> {
+    Json(s.userinfo.lock().unwrap().clone())
+}

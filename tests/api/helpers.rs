@@ -1,0 +1,605 @@
+//! The harness: the real OpenID provider process, fresh databases, `spawn_app`, a browserless
+//! login driver, and a log capture to prove secrets never reach a log line.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use authgate::{config::Config, pb::auth_service_client::AuthServiceClient, startup::Application};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use url::Url;
+
+pub const REDIRECT_URI: &str = "http://127.0.0.1:5173/callback";
+pub const OTHER_REDIRECT_URI: &str = "http://localhost:5173/callback";
+pub const TEST_CLIENT_ID: &str = "authgate-test";
+pub const TEST_CLIENT_SECRET: &str = "authgate-test-secret-0123456789";
+pub const POST_CLIENT_ID: &str = "authgate-post";
+pub const POST_CLIENT_SECRET: &str = "authgate-post-secret-0123456789";
+pub const ENCRYPTION_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+pub const ALICE: (&str, &str) = ("alice@example.com", "alice-password");
+pub const BOB: (&str, &str) = ("bob@example.com", "bob-password");
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn output_dir() -> PathBuf {
+    let dir = repo_root().join("target").join("test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ------------------------------------------------------------------ logs --
+
+/// Everything the app logs during the test run (all tests share one subscriber).
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOG_BUFFER.get_or_init(Default::default).lock().unwrap()).into_owned()
+}
+
+static LOG_BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+/// Writes log lines into memory (for assertions) and into `target/test-output/authgate.log`.
+#[derive(Clone)]
+struct BufferWriter(Arc<Mutex<Vec<u8>>>);
+
+fn log_file() -> &'static Mutex<std::fs::File> {
+    static FILE: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        Mutex::new(std::fs::File::create(output_dir().join("authgate.log")).unwrap())
+    })
+}
+
+impl Write for BufferWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        let _ = log_file().lock().unwrap().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a global subscriber at TRACE for authgate (debug for the rest) writing into memory.
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let buffer = LOG_BUFFER.get_or_init(Default::default).clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("authgate=trace,tower_http=debug,info")
+            .with_ansi(false)
+            .with_writer(move || BufferWriter(buffer.clone()))
+            .try_init();
+    });
+}
+
+// -------------------------------------------------------- real provider --
+
+/// The real OpenID provider (oidc-provider), one process for the whole test binary.
+pub struct DevProvider {
+    pub issuer: String,
+    _child: Mutex<Child>,
+}
+
+pub fn dev_provider() -> &'static DevProvider {
+    static PROVIDER: OnceLock<DevProvider> = OnceLock::new();
+    PROVIDER.get_or_init(|| start_dev_provider(&test_clients()))
+}
+
+pub fn test_clients() -> serde_json::Value {
+    let redirects = [REDIRECT_URI, OTHER_REDIRECT_URI];
+    serde_json::json!([
+        {
+            "client_id": TEST_CLIENT_ID,
+            "client_secret": TEST_CLIENT_SECRET,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": redirects,
+            "post_logout_redirect_uris": ["http://127.0.0.1:5173/"],
+        },
+        {
+            "client_id": POST_CLIENT_ID,
+            "client_secret": POST_CLIENT_SECRET,
+            "token_endpoint_auth_method": "client_secret_post",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "redirect_uris": redirects,
+        }
+    ])
+}
+
+/// Starts `node dev-provider/provider.mjs` on a free port and waits for its issuer line.
+/// The process exits when this test binary does (its stdin closes).
+pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
+    let dir = repo_root().join("dev-provider");
+    assert!(
+        dir.join("node_modules").join("oidc-provider").is_dir(),
+        "dev-provider/node_modules is missing: run `npm ci --prefix dev-provider` (scripts/test does it)"
+    );
+    let log = std::fs::File::create(output_dir().join("dev-provider.log")).unwrap();
+    let mut child = Command::new("node")
+        .arg("provider.mjs")
+        .current_dir(&dir)
+        .env("PORT", "0")
+        .env("EXIT_ON_STDIN_CLOSE", "1")
+        .env("CLIENTS", clients.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start node; is Node.js installed?");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!("dev provider did not start ({e}); see target/test-output/dev-provider.log")
+    });
+    DevProvider {
+        issuer: ready["issuer"].as_str().unwrap().to_string(),
+        _child: Mutex::new(child),
+    }
+}
+
+// ------------------------------------------------------------ databases --
+
+/// Where the test PostgreSQL server is (trust auth).
+pub fn postgres_base() -> String {
+    std::env::var("AUTHGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh PostgreSQL database, dropped when this value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let name = format!(
+            "authgate_test_{}",
+            authgate::crypto::random_handle(9)
+                .to_lowercase()
+                .replace(['-', '_'], "x")
+        );
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("PostgreSQL must be running at 127.0.0.1:5432 (scripts/test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        Self {
+            url: format!("{}/{name}", postgres_base()),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let base = postgres_base();
+        // Drop from a separate thread with its own runtime (we may be inside a runtime).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) =
+                    sqlx::PgConnection::connect(&format!("{base}/postgres")).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ------------------------------------------------------------------ app --
+
+pub enum Db {
+    Postgres(TestDatabase),
+    Sqlite(tempfile::TempDir),
+}
+
+/// How to start an app under test.
+pub struct AppOptions {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub sqlite: bool,
+    /// Extra `AUTHGATE_*` settings (env names), applied last.
+    pub env: Vec<(String, String)>,
+    /// Use this PostgreSQL URL instead of a fresh database (e.g. through a fault proxy).
+    pub database_url: Option<String>,
+}
+
+impl AppOptions {
+    pub fn real() -> Self {
+        Self {
+            issuer: dev_provider().issuer.clone(),
+            client_id: TEST_CLIENT_ID.into(),
+            client_secret: TEST_CLIENT_SECRET.into(),
+            sqlite: false,
+            env: Vec::new(),
+            database_url: None,
+        }
+    }
+
+    pub fn with_issuer(issuer: &str) -> Self {
+        Self {
+            issuer: issuer.to_string(),
+            ..Self::real_without_provider()
+        }
+    }
+
+    fn real_without_provider() -> Self {
+        Self {
+            issuer: String::new(),
+            client_id: TEST_CLIENT_ID.into(),
+            client_secret: TEST_CLIENT_SECRET.into(),
+            sqlite: false,
+            env: Vec::new(),
+            database_url: None,
+        }
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn sqlite(mut self) -> Self {
+        self.sqlite = true;
+        self
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub grpc: AuthServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    pub db: Option<Db>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A direct connection to this app's database, for asserting what was (not) written.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        match &self.db {
+            Some(Db::Postgres(db)) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n
+            }
+            Some(Db::Sqlite(dir)) => {
+                let url = format!("sqlite://{}", dir.path().join("authgate.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n
+            }
+            None => panic!("this app has no database handle"),
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// The environment an app under test is configured with (fed through the real config parser).
+pub fn app_env(
+    opts: &AppOptions,
+    database_url: Option<&str>,
+    sqlite_path: Option<&Path>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_string(), v.to_string());
+    };
+    set("AUTHGATE_LISTEN_ADDR", "127.0.0.1:0");
+    set("AUTHGATE_ISSUER_URL", &opts.issuer);
+    set("AUTHGATE_CLIENT_ID", &opts.client_id);
+    set("AUTHGATE_CLIENT_SECRET", &opts.client_secret);
+    set(
+        "AUTHGATE_REDIRECT_URIS",
+        &format!("{REDIRECT_URI},{OTHER_REDIRECT_URI}"),
+    );
+    set(
+        "AUTHGATE_CORS_ALLOWED_ORIGINS",
+        "http://127.0.0.1:5173,http://localhost:5173",
+    );
+    set("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY);
+    set("AUTHGATE_HEALTH_CHECK_INTERVAL", "1");
+    set("AUTHGATE_PROVIDER_TIMEOUT", "3");
+    if let Some(url) = database_url {
+        set("DATABASE_URL", url);
+    }
+    if let Some(path) = sqlite_path {
+        set("AUTHGATE_SQLITE_PATH", path.to_str().unwrap());
+    }
+    for (k, v) in &opts.env {
+        set(k, v);
+    }
+    env
+}
+
+/// Starts authgate on 127.0.0.1:0 against a fresh database and waits until it answers.
+pub async fn spawn_app(opts: AppOptions) -> TestApp {
+    init_logging();
+    let (db, database_url, sqlite_path) = if let Some(url) = &opts.database_url {
+        (None, Some(url.clone()), None)
+    } else if opts.sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authgate.db");
+        (Some(Db::Sqlite(dir)), None, Some(path))
+    } else {
+        let db = TestDatabase::create().await;
+        let url = db.url.clone();
+        (Some(Db::Postgres(db)), Some(url), None)
+    };
+    let env = app_env(&opts, database_url.as_deref(), sqlite_path.as_deref());
+    let mut config = Config::from_sources(None, &env).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    config.public_url = Url::parse(&format!("http://{addr}")).unwrap();
+    let app = Application::build(config).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(listener, async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TestApp {
+        addr,
+        grpc: AuthServiceClient::new(channel.clone()),
+        health: HealthClient::new(channel),
+        db,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// Waits until the gRPC health check for `service` reports `want`.
+pub async fn wait_for_health(
+    app: &TestApp,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let mut health = app.health.clone();
+    for _ in 0..100 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1);
+        if status == want as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health of `{service}` never became {want:?}");
+}
+
+pub async fn wait_until_serving(app: &TestApp) {
+    wait_for_health(
+        app,
+        "",
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    )
+    .await;
+}
+
+// -------------------------------------------------------- login driver --
+
+/// What the provider put on the redirect URI.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    pub code: String,
+    pub state: String,
+}
+
+/// Plays the browser at the real provider: follows `login_url`, submits the login form with
+/// `user`, accepts the consent page, and stops at the redirect back to `redirect_uri`.
+pub async fn sign_in_at_provider(
+    login_url: &str,
+    user: (&str, &str),
+    redirect_uri: &str,
+) -> Callback {
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut url = Url::parse(login_url).unwrap();
+    let mut response = client.get(url.clone()).send().await.unwrap();
+    for _ in 0..20 {
+        if response.status().is_redirection() {
+            let location = response.headers()["location"].to_str().unwrap().to_string();
+            let next = url.join(&location).unwrap();
+            if next.as_str().starts_with(redirect_uri) {
+                let q: BTreeMap<String, String> = next.query_pairs().into_owned().collect();
+                if let Some(error) = q.get("error") {
+                    panic!(
+                        "provider returned error {error}: {:?}",
+                        q.get("error_description")
+                    );
+                }
+                return Callback {
+                    code: q["code"].clone(),
+                    state: q["state"].clone(),
+                };
+            }
+            url = next;
+            response = client.get(url.clone()).send().await.unwrap();
+            continue;
+        }
+        let status = response.status();
+        let html = response.text().await.unwrap();
+        assert!(
+            status.is_success(),
+            "provider page {url} answered {status}: {html}"
+        );
+        if html.contains("id=\"username\"") {
+            let action = url.join(&form_action(&html, "/login")).unwrap();
+            response = client
+                .post(action.clone())
+                .form(&[("username", user.0), ("password", user.1)])
+                .send()
+                .await
+                .unwrap();
+            url = action;
+        } else if html.contains("id=\"allow\"") {
+            let action = url.join(&form_action(&html, "/confirm")).unwrap();
+            response = client
+                .post(action.clone())
+                .form(&[("allow", "yes")])
+                .send()
+                .await
+                .unwrap();
+            url = action;
+        } else {
+            panic!("unexpected provider page at {url}: {html}");
+        }
+    }
+    panic!("too many steps at the provider");
+}
+
+/// The `action` of the first form whose action ends with `suffix`.
+fn form_action(html: &str, suffix: &str) -> String {
+    html.split("action=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|a| a.replace("&amp;", "&"))
+        .find(|a| a.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no form posting to *{suffix} in: {html}"))
+}
+
+/// Query parameter of a URL.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Adds `authorization: Bearer` metadata to a request.
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+// ---------------------------------------------------------- fault proxy --
+
+/// A TCP proxy that can be cut: while down it refuses new connections and kills open ones.
+/// Used to make the database unreachable under a running app.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (d, c) = (Arc::clone(&down), Arc::clone(&connections));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            down,
+            connections,
+            accept,
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            for task in self.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}

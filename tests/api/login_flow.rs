@@ -1,0 +1,344 @@
+//! The whole login against the real OpenID provider: GetLoginUrl → sign in at the provider →
+//! ExchangeCode → GetUserInfo, with every ID token, nonce and PKCE check running for real.
+
+use authgate::pb::{
+    ExchangeCodeRequest, ExchangeCodeResponse, GetLoginUrlRequest, GetUserInfoRequest,
+};
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// Runs GetLoginUrl, signs in as `user`, and returns the ExchangeCode request ready to send.
+pub async fn login_until_callback(app: &TestApp, user: (&str, &str)) -> ExchangeCodeRequest {
+    let started = app
+        .grpc
+        .clone()
+        .get_login_url(GetLoginUrlRequest::default())
+        .await
+        .expect("GetLoginUrl")
+        .into_inner();
+    let callback = sign_in_at_provider(&started.login_url, user, REDIRECT_URI).await;
+    assert_eq!(
+        callback.state, started.state,
+        "the provider echoes our state"
+    );
+    ExchangeCodeRequest {
+        code: callback.code,
+        state: callback.state,
+        binding: started.binding,
+        redirect_uri: REDIRECT_URI.into(),
+    }
+}
+
+pub async fn full_login(app: &TestApp, user: (&str, &str)) -> ExchangeCodeResponse {
+    let request = login_until_callback(app, user).await;
+    app.grpc
+        .clone()
+        .exchange_code(request)
+        .await
+        .expect("ExchangeCode")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
+    let app = spawn_app(AppOptions::real()).await;
+    wait_until_serving(&app).await;
+
+    let started = app
+        .grpc
+        .clone()
+        .get_login_url(GetLoginUrlRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The authorization URL carries everything the security floor asks for.
+    let url = &started.login_url;
+    assert!(
+        url.starts_with(&format!("{}/v1/authorize?", dev_provider().issuer)),
+        "{url}"
+    );
+    assert_eq!(query_param(url, "response_type").as_deref(), Some("code"));
+    assert_eq!(
+        query_param(url, "client_id").as_deref(),
+        Some(TEST_CLIENT_ID)
+    );
+    assert_eq!(
+        query_param(url, "scope").as_deref(),
+        Some("openid profile email")
+    );
+    assert_eq!(
+        query_param(url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(url, "redirect_uri").as_deref(),
+        Some(REDIRECT_URI)
+    );
+    assert_eq!(
+        query_param(url, "state").as_deref(),
+        Some(started.state.as_str())
+    );
+    assert!(
+        query_param(url, "nonce").unwrap().len() >= 43,
+        "nonce has >= 256 bits"
+    );
+    assert!(query_param(url, "code_challenge").unwrap().len() == 43);
+    assert!(started.state.len() >= 43 && started.binding.len() >= 43);
+    let expires_at = started.expires_at.unwrap().seconds;
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (expires_at - now - 600).abs() <= 5,
+        "attempts expire after 10 minutes by default"
+    );
+    assert_eq!(app.count_rows("login_attempts").await, 1);
+
+    let callback = sign_in_at_provider(url, ALICE, REDIRECT_URI).await;
+    let done = app
+        .grpc
+        .clone()
+        .exchange_code(ExchangeCodeRequest {
+            code: callback.code.clone(),
+            state: callback.state.clone(),
+            binding: started.binding.clone(),
+            redirect_uri: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.token_type, "Bearer");
+    assert_eq!(done.expires_in, 900);
+    let user = done.user.clone().unwrap();
+    // The ID token is thin (oidc-provider conforms like Okta's org server): these came from
+    // the userinfo endpoint.
+    assert_eq!(user.sub, "00u1alice");
+    assert_eq!(user.email, "alice@example.com");
+    assert!(user.email_verified);
+    assert_eq!(user.name, "Alice Anderson");
+    assert_eq!(user.given_name, "Alice");
+    assert_eq!(user.family_name, "Anderson");
+    assert_eq!(user.preferred_username, "alice@example.com");
+    assert_eq!(user.groups, vec!["Everyone", "admins"]);
+    assert_eq!(
+        app.count_rows("login_attempts").await,
+        0,
+        "the attempt is consumed"
+    );
+    assert_eq!(app.count_rows("sessions").await, 1);
+
+    // authgate's own JWT: ES256 with kid, and the claims services need.
+    let header = jsonwebtoken::decode_header(&done.access_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert!(header.kid.is_some());
+    let claims: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&done.access_token).unwrap();
+    assert_eq!(claims["iss"], app.base_url());
+    assert_eq!(claims["aud"], "authgate");
+    assert_eq!(claims["sub"], "00u1alice");
+    assert_eq!(claims["sid"], done.session_id.as_str());
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["groups"], serde_json::json!(["Everyone", "admins"]));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims["jti"].as_str().unwrap().len() >= 16);
+
+    // GetUserInfo with the token: the stored profile, then a live re-read from the provider.
+    let stored = app
+        .grpc
+        .clone()
+        .get_user_info(with_bearer(
+            GetUserInfoRequest { refresh: false },
+            &done.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.user, done.user);
+    let fresh = app
+        .grpc
+        .clone()
+        .get_user_info(with_bearer(
+            GetUserInfoRequest { refresh: true },
+            &done.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fresh.user, done.user);
+
+    // The same state cannot be exchanged twice.
+    let again = app
+        .grpc
+        .clone()
+        .exchange_code(ExchangeCodeRequest {
+            code: callback.code,
+            state: callback.state,
+            binding: started.binding,
+            redirect_uri: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+}
+
+#[tokio::test]
+async fn provider_tokens_are_encrypted_at_rest() {
+    let app = spawn_app(AppOptions::real()).await;
+    let done = full_login(&app, BOB).await;
+    let Some(Db::Postgres(db)) = &app.db else {
+        unreachable!()
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let (access, id_token, profile): (Vec<u8>, Vec<u8>, String) = sqlx::query_as(
+        "SELECT provider_access_token, provider_id_token, profile FROM sessions WHERE id = $1",
+    )
+    .bind(&done.session_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(profile.contains("bob@example.com"));
+    // Ciphertext: no JWT header prefix, not printable.
+    assert!(!String::from_utf8_lossy(&id_token).contains("eyJ"));
+    assert!(access.len() > 28 && std::str::from_utf8(&access).is_err());
+}
+
+#[tokio::test]
+async fn the_embedded_sqlite_store_runs_the_same_flow() {
+    let app = spawn_app(AppOptions::real().sqlite()).await;
+    wait_until_serving(&app).await;
+    let done = full_login(&app, ALICE).await;
+    assert_eq!(done.user.unwrap().email, "alice@example.com");
+    let info = app
+        .grpc
+        .clone()
+        .get_user_info(with_bearer(
+            GetUserInfoRequest { refresh: true },
+            &done.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.user.unwrap().groups, vec!["Everyone", "admins"]);
+}
+
+#[tokio::test]
+async fn client_secret_post_is_supported_by_configuration() {
+    let app = spawn_app(
+        AppOptions {
+            client_id: POST_CLIENT_ID.into(),
+            client_secret: POST_CLIENT_SECRET.into(),
+            ..AppOptions::real()
+        }
+        .set("AUTHGATE_CLIENT_AUTH_METHOD", "client_secret_post"),
+    )
+    .await;
+    let done = full_login(&app, BOB).await;
+    assert_eq!(done.user.unwrap().sub, "00u2bob");
+}
+
+#[tokio::test]
+async fn two_concurrent_exchanges_of_one_state_let_exactly_one_through() {
+    let app = spawn_app(AppOptions::real()).await;
+    for _ in 0..3 {
+        let request = login_until_callback(&app, ALICE).await;
+        let (mut a, mut b) = (app.grpc.clone(), app.grpc.clone());
+        let (ra, rb) = tokio::join!(a.exchange_code(request.clone()), b.exchange_code(request));
+        let results = [ra, rb];
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "exactly one exchange succeeds: {results:?}");
+        let err = results.into_iter().find_map(|r| r.err()).unwrap();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    }
+    assert_eq!(app.count_rows("sessions").await, 3);
+}
+
+#[tokio::test]
+async fn extra_scopes_prompt_and_login_hint_reach_the_provider() {
+    let app = spawn_app(AppOptions::real()).await;
+    let started = app
+        .grpc
+        .clone()
+        .get_login_url(GetLoginUrlRequest {
+            redirect_uri: OTHER_REDIRECT_URI.into(),
+            scopes: vec!["offline_access".into()],
+            prompt: "login".into(),
+            login_hint: "alice@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let url = &started.login_url;
+    assert_eq!(
+        query_param(url, "scope").as_deref(),
+        Some("openid profile email offline_access")
+    );
+    assert_eq!(query_param(url, "prompt").as_deref(), Some("login"));
+    assert_eq!(
+        query_param(url, "login_hint").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        query_param(url, "redirect_uri").as_deref(),
+        Some(OTHER_REDIRECT_URI)
+    );
+    let callback = sign_in_at_provider(url, ALICE, OTHER_REDIRECT_URI).await;
+    let done = app
+        .grpc
+        .clone()
+        .exchange_code(ExchangeCodeRequest {
+            code: callback.code,
+            state: callback.state,
+            binding: started.binding,
+            redirect_uri: OTHER_REDIRECT_URI.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.user.unwrap().sub, "00u1alice");
+}
+
+#[tokio::test]
+async fn secrets_codes_and_tokens_never_reach_the_log() {
+    let app = spawn_app(AppOptions::real()).await;
+    let request = login_until_callback(&app, ALICE).await;
+    let (code, state, binding) = (
+        request.code.clone(),
+        request.state.clone(),
+        request.binding.clone(),
+    );
+    let done = app
+        .grpc
+        .clone()
+        .exchange_code(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    // A failing replay logs its error too.
+    let _ = app.grpc.clone().exchange_code(request).await.unwrap_err();
+    let _ = app
+        .grpc
+        .clone()
+        .get_user_info(with_bearer(
+            GetUserInfoRequest { refresh: true },
+            &done.access_token,
+        ))
+        .await
+        .unwrap();
+    let logs = captured_logs();
+    assert!(
+        logs.contains("login completed"),
+        "the log is being captured"
+    );
+    for (what, secret) in [
+        ("code", code.as_str()),
+        ("state", state.as_str()),
+        ("binding", binding.as_str()),
+        ("access token", done.access_token.as_str()),
+        ("client secret", TEST_CLIENT_SECRET),
+        ("encryption key", ENCRYPTION_KEY),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appeared in the log");
+    }
+}

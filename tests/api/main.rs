@@ -1,0 +1,15 @@
+//! authgate's integration tests: one test binary (one link on slow machines), driving the real
+//! gRPC / grpc-web / HTTP API end to end against PostgreSQL (a fresh database per test), the
+//! embedded SQLite store, and a real OpenID provider (`dev-provider/`, oidc-provider laid out like
+//! Okta). A fake provider (`fake_provider`) is used only for what a real one cannot show:
+//! malicious ID tokens, faults and timeouts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fake_provider;
+mod helpers;
+
+mod login_errors;
+mod login_flow;
+mod provider_faults;
+mod store;
+mod transport;

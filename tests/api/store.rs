@@ -1,0 +1,204 @@
+//! The store contract, run unchanged on PostgreSQL, an SQLite file and in-memory SQLite.
+
+use std::{path::PathBuf, sync::Arc};
+
+use authgate::{
+    config::DatabaseConfig,
+    crypto::sha256,
+    secret::Secret,
+    store::{Consumed, LoginAttempt, SessionRecord, Store, StoreError, StoredSigningKey},
+    tokens::now,
+};
+
+use crate::helpers::*;
+
+fn attempt(state: &str, binding: &str, expires_in: i64) -> LoginAttempt {
+    LoginAttempt {
+        state_hash: sha256(state.as_bytes()).to_vec(),
+        binding_hash: sha256(binding.as_bytes()).to_vec(),
+        nonce: "nonce".into(),
+        pkce_verifier: "verifier".into(),
+        redirect_uri: REDIRECT_URI.into(),
+        created_at: now(),
+        expires_at: now() + expires_in,
+    }
+}
+
+fn session(id: &str) -> SessionRecord {
+    SessionRecord {
+        id: id.into(),
+        subject: "00u1".into(),
+        profile: r#"{"sub":"00u1"}"#.into(),
+        provider_access_token: Some(vec![1, 2, 3]),
+        provider_refresh_token: None,
+        provider_id_token: Some(vec![0, 255, 7]),
+        provider_sid: Some("psid".into()),
+        provider_token_expires_at: Some(now() + 3600),
+        created_at: now(),
+        expires_at: now() + 86400,
+        revoked_at: None,
+    }
+}
+
+async fn exercise(store: Store) {
+    store.migrate().await.unwrap();
+    store.migrate().await.expect("migrations are idempotent");
+    store.ping().await.unwrap();
+
+    // Attempts are consumed exactly once, and only with the right binding.
+    store
+        .insert_attempt(&attempt("s1", "b1", 600))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert_attempt(&attempt("s1", "b1", 600)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let s1 = sha256(b"s1");
+    assert!(matches!(
+        store.consume_attempt(&s1, &sha256(b"wrong")).await.unwrap(),
+        Consumed::WrongBinding
+    ));
+    match store.consume_attempt(&s1, &sha256(b"b1")).await.unwrap() {
+        Consumed::Attempt(a) => {
+            assert_eq!(a.nonce, "nonce");
+            assert_eq!(a.pkce_verifier, "verifier");
+            assert_eq!(a.redirect_uri, REDIRECT_URI);
+        }
+        other => panic!("expected the attempt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.consume_attempt(&s1, &sha256(b"b1")).await.unwrap(),
+        Consumed::NotFound
+    ));
+
+    // Racing consumers: exactly one wins.
+    store
+        .insert_attempt(&attempt("race", "b", 600))
+        .await
+        .unwrap();
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(
+                async move { store.consume_attempt(&sha256(b"race"), &sha256(b"b")).await },
+            )
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if let Consumed::Attempt(_) = t.await.unwrap().unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // Expired attempts are swept; live ones stay.
+    store
+        .insert_attempt(&attempt("old", "b", -10))
+        .await
+        .unwrap();
+    store
+        .insert_attempt(&attempt("live", "b", 600))
+        .await
+        .unwrap();
+    assert_eq!(store.sweep_expired_attempts(now()).await.unwrap(), 1);
+    assert_eq!(store.count_pending_attempts(now()).await.unwrap(), 1);
+
+    // Sessions round-trip byte for byte; updates skip revoked sessions.
+    let hostile_id = "x'); DROP TABLE sessions; --";
+    store.insert_session(&session(hostile_id)).await.unwrap();
+    let got = store.get_session(hostile_id).await.unwrap().unwrap();
+    assert_eq!(got.provider_id_token, Some(vec![0, 255, 7]));
+    assert_eq!(got.provider_sid.as_deref(), Some("psid"));
+    assert!(store.get_session("missing").await.unwrap().is_none());
+    assert!(
+        store
+            .update_session_profile(
+                hostile_id,
+                r#"{"sub":"00u1","name":"N"}"#,
+                Some((&[9, 9], Some(5)))
+            )
+            .await
+            .unwrap()
+    );
+    let got = store.get_session(hostile_id).await.unwrap().unwrap();
+    assert!(got.profile.contains("\"N\""));
+    assert_eq!(got.provider_access_token, Some(vec![9, 9]));
+    assert_eq!(got.provider_token_expires_at, Some(5));
+    assert!(
+        !store
+            .update_session_profile("missing", "{}", None)
+            .await
+            .unwrap()
+    );
+
+    // Signing keys: expired ones are not listed; order is by activation.
+    let key = |kid: &str, activates_at: i64, expires_at: Option<i64>| StoredSigningKey {
+        kid: kid.into(),
+        algorithm: "ES256".into(),
+        private_key: vec![1],
+        public_jwk: "{}".into(),
+        created_at: now(),
+        activates_at,
+        retires_at: None,
+        expires_at,
+    };
+    store
+        .insert_signing_key(&key("k2", now() + 10, None))
+        .await
+        .unwrap();
+    store
+        .insert_signing_key(&key("k1", now() - 10, None))
+        .await
+        .unwrap();
+    store
+        .insert_signing_key(&key("gone", now() - 100, Some(now() - 1)))
+        .await
+        .unwrap();
+    let kids: Vec<String> = store
+        .list_signing_keys(now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, vec!["k1", "k2"]);
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_postgres() {
+    let db = TestDatabase::create().await;
+    exercise(Store::connect(&DatabaseConfig::Postgres(Secret::new(db.url.clone())), 8).unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_an_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise(Store::connect(&DatabaseConfig::Sqlite(dir.path().join("store.db")), 4).unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_in_memory_sqlite() {
+    exercise(Store::connect(&DatabaseConfig::Sqlite(PathBuf::from(":memory:")), 1).unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_as_unavailable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let store = Store::connect(
+        &DatabaseConfig::Postgres(Secret::new(format!("postgres://postgres@{closed}/x"))),
+        1,
+    )
+    .unwrap();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
