@@ -27,6 +27,8 @@ const PROMPTS: &[&str] = &["none", "login", "consent", "select_account"];
 #[derive(Debug, Default)]
 pub struct StartLogin {
     pub redirect_uri: Option<String>,
+    /// Server-side flow: where to send the browser afterwards (must be allow-listed).
+    pub return_to: Option<String>,
     pub scopes: Vec<String>,
     pub prompt: Option<String>,
     pub login_hint: Option<String>,
@@ -47,6 +49,8 @@ pub struct FinishLogin {
     pub state: String,
     pub binding: Secret<String>,
     pub redirect_uri: Option<String>,
+    /// Server-side flow: also issue a browser session cookie.
+    pub browser_session: bool,
 }
 
 /// A finished login: authgate's token and the user.
@@ -56,6 +60,10 @@ pub struct LoginFinished {
     pub claims: Claims,
     pub profile: Profile,
     pub session_id: String,
+    /// The browser session cookie value, when asked for (only its hash is stored).
+    pub cookie: Option<Secret<String>>,
+    /// Where the server-side flow sends the browser next.
+    pub return_to: Option<String>,
 }
 
 /// The login service. Cheap to share (`Arc`).
@@ -96,6 +104,10 @@ impl Authenticator {
         &self.provider
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Resolves a requested redirect URI against the allow-list (exact match); empty means the
     /// first configured one.
     fn allowed_redirect_uri(&self, requested: Option<&str>) -> Result<RedirectUri, AuthError> {
@@ -125,6 +137,16 @@ impl Authenticator {
     #[tracing::instrument(skip_all)]
     pub async fn start_login(&self, request: StartLogin) -> Result<LoginStarted, AuthError> {
         let redirect_uri = self.allowed_redirect_uri(request.redirect_uri.as_deref())?;
+        let return_to = match request.return_to.filter(|r| !r.is_empty()) {
+            None => None,
+            Some(r) if self.config.post_login_redirect_urls.contains(&r) => Some(r),
+            Some(r) => {
+                return Err(AuthError::InvalidArgument(format!(
+                    "return_to `{}` is not allowed; use one of the configured post_login_redirect_urls exactly",
+                    r.chars().take(200).collect::<String>()
+                )));
+            }
+        };
         if request.scopes.len() > MAX_EXTRA_SCOPES {
             return Err(AuthError::InvalidArgument(format!(
                 "at most {MAX_EXTRA_SCOPES} extra scopes may be requested"
@@ -176,6 +198,7 @@ impl Authenticator {
                 nonce,
                 pkce_verifier,
                 redirect_uri: redirect_uri.as_str().to_string(),
+                return_to,
                 created_at,
                 expires_at,
             })
@@ -244,6 +267,9 @@ impl Authenticator {
             .await?;
 
         let session_id = random_handle(24);
+        let cookie = request
+            .browser_session
+            .then(|| Secret::new(random_handle(HANDLE_BYTES)));
         let created_at = now();
         let seal = |field: &str, value: &Secret<String>| {
             self.cipher
@@ -265,6 +291,9 @@ impl Authenticator {
             created_at,
             expires_at: created_at + self.config.session_ttl.as_secs() as i64,
             revoked_at: None,
+            cookie_hash: cookie
+                .as_ref()
+                .map(|c| sha256(c.expose().as_bytes()).to_vec()),
         };
         self.store.insert_session(&record).await?;
         let (token, claims) = self
@@ -278,6 +307,8 @@ impl Authenticator {
             claims,
             profile: login.profile,
             session_id,
+            cookie,
+            return_to: attempt.return_to,
         })
     }
 
@@ -296,6 +327,27 @@ impl Authenticator {
             return Err(AuthError::SessionEnded);
         }
         Ok((claims, session))
+    }
+
+    /// The live session behind a browser session cookie, and its profile.
+    pub async fn authenticate_cookie(
+        &self,
+        cookie: &str,
+    ) -> Result<(SessionRecord, Profile), AuthError> {
+        let handle = parse_handle("session cookie", cookie).map_err(|_| {
+            AuthError::Unauthenticated("the session cookie is malformed; sign in again".into())
+        })?;
+        let session = self
+            .store
+            .get_session_by_cookie(&sha256(handle.as_bytes()))
+            .await?
+            .ok_or(AuthError::SessionEnded)?;
+        if session.revoked_at.is_some() || session.expires_at <= now() {
+            return Err(AuthError::SessionEnded);
+        }
+        let profile = serde_json::from_str(&session.profile)
+            .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
+        Ok((session, profile))
     }
 
     /// The profile of the token's user; with `refresh`, re-read from the provider and stored.

@@ -26,8 +26,14 @@ pub struct Config {
     pub public_url: Url,
     pub database: DatabaseConfig,
     pub provider: ProviderConfig,
-    /// Exact-match allow-list for `redirect_uri`; the first one is the default.
+    /// Exact-match allow-list for `redirect_uri`; the first one is the default. Always contains
+    /// `http_callback_url`.
     pub redirect_uris: Vec<RedirectUri>,
+    /// The server-side flow's callback (`GET /authorization-code/callback` on this service).
+    pub http_callback_url: RedirectUri,
+    /// Exact-match allow-list of where the server-side flow may send the browser after login;
+    /// the first one is the default.
+    pub post_login_redirect_urls: Vec<String>,
     /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
     pub cors_allowed_origins: Vec<String>,
     pub tokens: TokenConfig,
@@ -219,6 +225,8 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("provider_timeout", Kind::Scalar),
     ("clock_skew", Kind::Scalar),
     ("redirect_uris", Kind::List),
+    ("http_callback_url", Kind::Scalar),
+    ("post_login_redirect_urls", Kind::List),
     ("cors_allowed_origins", Kind::List),
     ("token_ttl", Kind::Scalar),
     ("token_audience", Kind::Scalar),
@@ -272,6 +280,11 @@ impl Raw {
 }
 
 impl Config {
+    /// Cookies get `Secure` and the `__Host-` prefix when authgate is served over https.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
     /// Loads the configuration from an optional TOML file and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match file {
@@ -536,25 +549,47 @@ impl Parser {
             scopes.insert(0, "openid".into());
         }
 
-        let redirect_uris: Vec<RedirectUri> = match raw.lists.get("redirect_uris") {
-            Some(list) if !list.is_empty() => list
-                .iter()
-                .filter_map(|u| match RedirectUri::parse(u) {
-                    Ok(uri) => Some(uri),
-                    Err(e) => {
-                        self.problem("redirect_uris", format!("`{u}`: {e}"));
-                        None
-                    }
-                })
-                .collect(),
-            _ => {
-                self.problem(
-                    "redirect_uris",
-                    "is required: the SPA callback URL(s) registered at the provider, e.g. http://localhost:5173/callback",
-                );
-                Vec::new()
+        let base = public_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_string());
+        let http_callback_url = match (raw.scalar("http_callback_url"), &base) {
+            (Some(text), _) => RedirectUri::parse(text)
+                .map_err(|e| self.problem("http_callback_url", format!("`{text}`: {e}")))
+                .ok(),
+            (None, Some(base)) => {
+                RedirectUri::parse(&format!("{base}/authorization-code/callback")).ok()
             }
+            (None, None) => None,
         };
+        let mut redirect_uris: Vec<RedirectUri> = Vec::new();
+        for u in raw.lists.get("redirect_uris").into_iter().flatten() {
+            match RedirectUri::parse(u) {
+                Ok(uri) => redirect_uris.push(uri),
+                Err(e) => self.problem("redirect_uris", format!("`{u}`: {e}")),
+            }
+        }
+        if let Some(callback) = &http_callback_url {
+            if !redirect_uris.contains(callback) {
+                redirect_uris.push(callback.clone());
+            }
+        }
+        let mut post_login_redirect_urls = Vec::new();
+        for u in raw
+            .lists
+            .get("post_login_redirect_urls")
+            .into_iter()
+            .flatten()
+        {
+            match RedirectUri::parse(u) {
+                Ok(uri) => post_login_redirect_urls.push(uri.as_str().to_string()),
+                Err(e) => self.problem("post_login_redirect_urls", format!("`{u}`: {e}")),
+            }
+        }
+        if post_login_redirect_urls.is_empty() {
+            if let Some(base) = &base {
+                post_login_redirect_urls.push(format!("{base}/"));
+            }
+        }
 
         let mut cors_allowed_origins = Vec::new();
         for origin in raw.lists.get("cors_allowed_origins").into_iter().flatten() {
@@ -650,6 +685,7 @@ impl Parser {
             client_id,
             client_secret,
             encryption_key,
+            http_callback_url,
         ) {
             (
                 Some(public_url),
@@ -658,6 +694,7 @@ impl Parser {
                 Some(client_id),
                 Some(client_secret),
                 Some(encryption_key),
+                Some(http_callback_url),
             ) if self.problems.is_empty() => Ok(Config {
                 listen_addr,
                 public_url,
@@ -672,6 +709,8 @@ impl Parser {
                     clock_skew,
                 },
                 redirect_uris,
+                http_callback_url,
+                post_login_redirect_urls,
                 cors_allowed_origins,
                 tokens,
                 attempt_ttl,
@@ -836,7 +875,23 @@ mod tests {
     #[test]
     fn env_only_configuration_loads_with_defaults() {
         let config = Config::from_sources(None, &minimal()).unwrap();
-        assert_eq!(config.redirect_uris.len(), 2);
+        assert_eq!(
+            config.redirect_uris.len(),
+            3,
+            "the two configured plus the HTTP callback"
+        );
+        assert_eq!(
+            config.redirect_uris[0].as_str(),
+            "http://localhost:5173/callback"
+        );
+        assert_eq!(
+            config.http_callback_url.as_str(),
+            "http://127.0.0.1:8080/authorization-code/callback"
+        );
+        assert_eq!(
+            config.post_login_redirect_urls,
+            vec!["http://127.0.0.1:8080/"]
+        );
         assert_eq!(config.tokens.ttl, Duration::from_secs(900));
         assert_eq!(config.attempt_ttl, Duration::from_secs(600));
         assert_eq!(config.provider.scopes, vec!["openid", "profile", "email"]);

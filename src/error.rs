@@ -44,3 +44,94 @@ pub enum AuthError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// The class of an error, which each transport turns into its own status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller sent something malformed or not allowed.
+    InvalidArgument,
+    /// The request is well-formed but the state it refers to is gone (used, expired, unknown).
+    FailedPrecondition,
+    /// The caller is not the one allowed to do this (wrong binding).
+    PermissionDenied,
+    /// Credentials (code, ID token, authgate token) are missing or invalid.
+    Unauthenticated,
+    /// A dependency (provider, database) is down or slow; retrying later may work.
+    Unavailable,
+    /// A server-side fault.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short machine-readable name, used in JSON error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::FailedPrecondition => "failed_precondition",
+            Self::PermissionDenied => "permission_denied",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl AuthError {
+    /// The class of this error and the message the caller gets (never a secret; for internal
+    /// faults, no detail at all — the log has it).
+    pub fn classify(&self) -> (ErrorKind, String) {
+        use ErrorKind as K;
+        match self {
+            Self::InvalidArgument(_)
+            | Self::RedirectUriNotAllowed(_)
+            | Self::RedirectUriMismatch => (K::InvalidArgument, self.to_string()),
+            Self::AttemptNotFound | Self::AttemptExpired => {
+                (K::FailedPrecondition, self.to_string())
+            }
+            Self::BindingMismatch => (K::PermissionDenied, self.to_string()),
+            Self::Unauthenticated(_) | Self::SessionEnded => (K::Unauthenticated, self.to_string()),
+            Self::Provider(p) => classify_provider(p),
+            Self::Store(StoreError::Unavailable(_)) => (
+                K::Unavailable,
+                "the database is unavailable; retry shortly".into(),
+            ),
+            Self::Store(_) | Self::Internal(_) => (
+                K::Internal,
+                "internal error; the server log has the details".into(),
+            ),
+        }
+    }
+}
+
+fn classify_provider(e: &ProviderError) -> (ErrorKind, String) {
+    use ErrorKind as K;
+    match e {
+        ProviderError::NotReady(_)
+        | ProviderError::Unreachable(_)
+        | ProviderError::BadResponse(_) => (K::Unavailable, e.to_string()),
+        ProviderError::Rejected { error, .. } if error == "invalid_grant" => (
+            K::Unauthenticated,
+            format!(
+                "{e}: the authorization code is expired, already used, or was issued for another client or redirect_uri; start a new login"
+            ),
+        ),
+        ProviderError::Rejected { error, .. }
+            if error == "server_error" || error == "temporarily_unavailable" =>
+        {
+            (K::Unavailable, format!("{e}; retry shortly"))
+        }
+        ProviderError::Rejected { error, .. }
+            if error == "invalid_client" || error == "unauthorized_client" =>
+        {
+            (
+                K::Internal,
+                format!(
+                    "{e}: authgate's client credentials are misconfigured (client_id / client_secret / client_auth_method)"
+                ),
+            )
+        }
+        ProviderError::Rejected { .. } | ProviderError::InvalidIdToken(_) => {
+            (K::Unauthenticated, e.to_string())
+        }
+    }
+}

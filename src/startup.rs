@@ -118,7 +118,7 @@ impl Application {
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
         let router = grpc
-            .merge(http::router(http::HttpState { readiness: readiness_rx }))
+            .merge(http::router(http::HttpState { auth: Arc::clone(&self.auth), readiness: readiness_rx }))
             .fallback(http::not_found)
             .layer(cors_layer(&self.config.cors_allowed_origins)?)
             .layer(
@@ -170,6 +170,8 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
             ]
             .map(HeaderName::from_static),
         )
+        // Cookies (the binding set by /api/login) may ride along on credentialed fetches.
+        .allow_credentials(true)
         .expose_headers(
             ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static),
         )

@@ -86,6 +86,7 @@ impl AuthService for AuthGrpc {
             .auth
             .start_login(StartLogin {
                 redirect_uri: non_empty(r.redirect_uri),
+                return_to: None,
                 scopes: r.scopes,
                 prompt: non_empty(r.prompt),
                 login_hint: non_empty(r.login_hint),
@@ -116,6 +117,7 @@ impl AuthService for AuthGrpc {
                 state: r.state,
                 binding: Secret::new(r.binding),
                 redirect_uri: non_empty(r.redirect_uri),
+                browser_session: false,
             })
             .await
             .map_err(status_from)?;

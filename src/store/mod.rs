@@ -29,6 +29,8 @@ pub struct LoginAttempt {
     /// The PKCE code verifier (S256 challenge sent to the provider).
     pub pkce_verifier: String,
     pub redirect_uri: String,
+    /// Server-side flow only: where to send the browser after login (allow-listed).
+    pub return_to: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -72,6 +74,8 @@ pub struct SessionRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// Server-side flow only: SHA-256 of the HttpOnly session cookie.
+    pub cookie_hash: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SessionRecord {
@@ -274,6 +278,14 @@ impl Store {
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         on_backend!(self, s => s.get_session(id).await)
+    }
+
+    /// The session whose cookie hashes to `cookie_hash`.
+    pub async fn get_session_by_cookie(
+        &self,
+        cookie_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        on_backend!(self, s => s.get_session_by_cookie(cookie_hash).await)
     }
 
     /// Replaces the stored profile and, when given, the provider access token and its expiry.

@@ -5,7 +5,8 @@
 use super::{Consumed, LoginAttempt, SessionRecord, StoreError, StoredSigningKey};
 
 const SESSION_COLUMNS: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
-     provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at";
+     provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at, \
+     cookie_hash";
 
 macro_rules! sql_store {
     ($name:ident, $db:ty, $migrations:literal) => {
@@ -36,14 +37,15 @@ macro_rules! sql_store {
             pub async fn insert_attempt(&self, a: &LoginAttempt) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO login_attempts \
-                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&a.state_hash)
                 .bind(&a.binding_hash)
                 .bind(&a.nonce)
                 .bind(&a.pkce_verifier)
                 .bind(&a.redirect_uri)
+                .bind(&a.return_to)
                 .bind(a.created_at)
                 .bind(a.expires_at)
                 .execute(&self.pool)
@@ -58,7 +60,7 @@ macro_rules! sql_store {
             ) -> Result<Consumed, StoreError> {
                 let row: Option<LoginAttempt> = sqlx::query_as(
                     "DELETE FROM login_attempts WHERE state_hash = $1 AND binding_hash = $2 \
-                     RETURNING state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, created_at, expires_at",
+                     RETURNING state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at",
                 )
                 .bind(state_hash)
                 .bind(binding_hash)
@@ -93,7 +95,7 @@ macro_rules! sql_store {
             pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
                 sqlx::query(&format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ))
                 .bind(&s.id)
                 .bind(&s.subject)
@@ -106,6 +108,7 @@ macro_rules! sql_store {
                 .bind(s.created_at)
                 .bind(s.expires_at)
                 .bind(s.revoked_at)
+                .bind(&s.cookie_hash)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -114,6 +117,16 @@ macro_rules! sql_store {
             pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
                 Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
                     .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            pub async fn get_session_by_cookie(
+                &self,
+                cookie_hash: &[u8],
+            ) -> Result<Option<SessionRecord>, StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE cookie_hash = $1"))
+                    .bind(cookie_hash)
                     .fetch_optional(&self.pool)
                     .await?)
             }

@@ -83,10 +83,20 @@ fn init_logging() {
 
 // -------------------------------------------------------- real provider --
 
-/// The real OpenID provider (oidc-provider), one process for the whole test binary.
+/// The real OpenID provider (oidc-provider): one shared process for the whole test binary, or
+/// a dedicated one for tests that need their own client registrations.
 pub struct DevProvider {
     pub issuer: String,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
+}
+
+impl Drop for DevProvider {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 pub fn dev_provider() -> &'static DevProvider {
@@ -145,7 +155,7 @@ pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
     });
     DevProvider {
         issuer: ready["issuer"].as_str().unwrap().to_string(),
-        _child: Mutex::new(child),
+        child: Mutex::new(child),
     }
 }
 
@@ -228,6 +238,8 @@ pub struct AppOptions {
     pub env: Vec<(String, String)>,
     /// Use this PostgreSQL URL instead of a fresh database (e.g. through a fault proxy).
     pub database_url: Option<String>,
+    /// Serve on this listener (bound beforehand, when its port must be known early).
+    pub listener: Option<tokio::net::TcpListener>,
 }
 
 impl AppOptions {
@@ -239,6 +251,7 @@ impl AppOptions {
             sqlite: false,
             env: Vec::new(),
             database_url: None,
+            listener: None,
         }
     }
 
@@ -257,6 +270,7 @@ impl AppOptions {
             sqlite: false,
             env: Vec::new(),
             database_url: None,
+            listener: None,
         }
     }
 
@@ -371,8 +385,13 @@ pub fn app_env(
 }
 
 /// Starts authgate on 127.0.0.1:0 against a fresh database and waits until it answers.
-pub async fn spawn_app(opts: AppOptions) -> TestApp {
+pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
     init_logging();
+    let listener = match opts.listener.take() {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listener.local_addr().unwrap();
     let (db, database_url, sqlite_path) = if let Some(url) = &opts.database_url {
         (None, Some(url.clone()), None)
     } else if opts.sqlite {
@@ -384,11 +403,10 @@ pub async fn spawn_app(opts: AppOptions) -> TestApp {
         let url = db.url.clone();
         (Some(Db::Postgres(db)), Some(url), None)
     };
-    let env = app_env(&opts, database_url.as_deref(), sqlite_path.as_deref());
-    let mut config = Config::from_sources(None, &env).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    config.public_url = Url::parse(&format!("http://{addr}")).unwrap();
+    let mut env = app_env(&opts, database_url.as_deref(), sqlite_path.as_deref());
+    env.entry("AUTHGATE_PUBLIC_URL".into())
+        .or_insert(format!("http://{addr}"));
+    let config = Config::from_sources(None, &env).unwrap_or_else(|e| panic!("{e}"));
     let app = Application::build(config).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(listener, async move {

@@ -8,6 +8,7 @@
 mod fake_provider;
 mod helpers;
 
+mod http_routes;
 mod login_errors;
 mod login_flow;
 mod provider_faults;

@@ -19,6 +19,7 @@ fn attempt(state: &str, binding: &str, expires_in: i64) -> LoginAttempt {
         nonce: "nonce".into(),
         pkce_verifier: "verifier".into(),
         redirect_uri: REDIRECT_URI.into(),
+        return_to: Some("https://app.example.com/home".into()),
         created_at: now(),
         expires_at: now() + expires_in,
     }
@@ -37,6 +38,7 @@ fn session(id: &str) -> SessionRecord {
         created_at: now(),
         expires_at: now() + 86400,
         revoked_at: None,
+        cookie_hash: Some(sha256(id.as_bytes()).to_vec()),
     }
 }
 
@@ -64,6 +66,7 @@ async fn exercise(store: Store) {
             assert_eq!(a.nonce, "nonce");
             assert_eq!(a.pkce_verifier, "verifier");
             assert_eq!(a.redirect_uri, REDIRECT_URI);
+            assert_eq!(a.return_to.as_deref(), Some("https://app.example.com/home"));
         }
         other => panic!("expected the attempt, got {other:?}"),
     }
@@ -113,6 +116,18 @@ async fn exercise(store: Store) {
     assert_eq!(got.provider_id_token, Some(vec![0, 255, 7]));
     assert_eq!(got.provider_sid.as_deref(), Some("psid"));
     assert!(store.get_session("missing").await.unwrap().is_none());
+    let by_cookie = store
+        .get_session_by_cookie(&sha256(hostile_id.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.unwrap().id, hostile_id);
+    assert!(
+        store
+            .get_session_by_cookie(&sha256(b"nope"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .update_session_profile(

@@ -1,0 +1,266 @@
+//! The plain-HTTP routes served beside gRPC on the same listener — thin adapters over the same
+//! core ([`crate::auth`]):
+//!
+//! - the server-side ("simple") flow, [`browser`]: `GET /authorization-code/login` (302 to the
+//!   provider, attempt bound to an HttpOnly cookie) and `GET /authorization-code/callback`
+//!   (exchange, HttpOnly session cookie, 302 to the post-login URL — or JSON when asked);
+//! - the JSON SPA flow, [`api`]: `GET /api/login`, `GET /api/callback`, `GET /api/userinfo`;
+//! - liveness and readiness: `GET /healthz`, `GET /readyz`.
+//!
+//! Errors are JSON (`{"error": "...", "message": "..."}`) or, for a browser navigating, a small
+//! HTML page — always with the status that fits, never a 500 for bad input, and never a redirect
+//! for an unauthenticated fetch.
+
+mod api;
+mod browser;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, error, warn};
+
+use crate::{
+    auth::Authenticator,
+    error::{AuthError, ErrorKind},
+    health::Readiness,
+};
+
+/// Shared state of the HTTP routes.
+#[derive(Clone)]
+pub struct HttpState {
+    pub auth: Arc<Authenticator>,
+    pub readiness: watch::Receiver<Readiness>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(browser::home))
+        .route("/authorization-code/login", get(browser::login))
+        .route("/authorization-code/callback", get(browser::callback))
+        .route("/api/login", get(api::login))
+        .route("/api/callback", get(api::callback))
+        .route("/api/userinfo", get(api::userinfo))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// A JSON error body: `{"error": "<code>", "message": "<what to fix>"}`.
+pub fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let mut response = (
+        status,
+        Json(json!({ "error": code, "message": message.into() })),
+    )
+        .into_response();
+    decorate_error(&mut response);
+    response
+}
+
+/// An HTML error page for a browser that navigated here.
+fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = page(
+        title,
+        &format!(
+            "<p>{}</p><p><a href=\"/authorization-code/login\">Start a new sign-in</a></p>",
+            escape(message)
+        ),
+    );
+    let mut response = (status, Html(body)).into_response();
+    decorate_error(&mut response);
+    response
+}
+
+fn decorate_error(response: &mut Response) {
+    let status = response.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"authgate\""),
+        );
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+}
+
+/// The HTTP status for each class of error.
+fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument | ErrorKind::FailedPrecondition => StatusCode::BAD_REQUEST,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The one place core errors become HTTP responses (JSON or, for navigations, HTML).
+pub fn error_response(e: AuthError, as_json: bool) -> Response {
+    let (kind, message) = e.classify();
+    match kind {
+        ErrorKind::Internal => error!(error = %e, "request failed"),
+        ErrorKind::Unavailable => warn!(error = %e, "request failed: dependency unavailable"),
+        _ => debug!(error = %e, "request refused"),
+    }
+    let status = http_status(kind);
+    if as_json {
+        json_error(status, kind.as_str(), message)
+    } else {
+        html_error(status, "Sign-in failed", &message)
+    }
+}
+
+/// Whether the caller wants JSON rather than a page: an `Accept: application/json`, an XHR, or a
+/// `fetch()` (which browsers mark with `Sec-Fetch-Mode: cors|same-origin`).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, needle: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains(needle))
+    };
+    has(header::ACCEPT, "application/json")
+        || has(
+            header::HeaderName::from_static("x-requested-with"),
+            "xmlhttprequest",
+        )
+        || has(header::HeaderName::from_static("sec-fetch-mode"), "cors")
+        || has(
+            header::HeaderName::from_static("sec-fetch-mode"),
+            "same-origin",
+        )
+}
+
+/// Longest query string accepted.
+const MAX_QUERY_LEN: usize = 16 * 1024;
+
+/// Parses a query string into single-valued parameters; a repeated parameter is an error (it
+/// would be ambiguous which one is checked).
+pub fn query_params(raw: Option<&str>) -> Result<BTreeMap<String, String>, AuthError> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_QUERY_LEN {
+        return Err(AuthError::InvalidArgument(format!(
+            "the query string is longer than {MAX_QUERY_LEN} bytes"
+        )));
+    }
+    let mut params = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if params.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(AuthError::InvalidArgument(format!(
+                "query parameter `{}` is given more than once",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// The value of a request cookie.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+/// Minimal HTML escaping for text and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}}</style>\
+         </head><body><main><h1>{t}</h1>{body}</main></body></html>",
+        t = escape(title)
+    )
+}
+
+/// The fallback for unknown paths (set after merging with the gRPC router).
+pub async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: the database and the provider are reachable.
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let r = state.readiness.borrow().clone();
+    let body = json!({
+        "ready": r.is_ready(),
+        "database": r.database.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
+        "provider": r.provider.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
+    });
+    let status = if r.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_or_oversized_query_parameters_are_refused() {
+        assert_eq!(query_params(Some("a=1&b=2")).unwrap()["b"], "2");
+        assert!(query_params(Some("state=1&state=2")).is_err());
+        assert!(query_params(Some(&"a".repeat(MAX_QUERY_LEN + 1))).is_err());
+        assert!(query_params(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; authgate_login=abc"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("authgate_login_other=zzz"),
+        );
+        assert_eq!(cookie(&headers, "authgate_login").as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+    }
+}
