@@ -59,6 +59,9 @@ struct FakeState {
     issuer: String,
     published: Key,
     unpublished: Key,
+    /// After `rotate_keys`, the JWKS publishes the second key instead of the first.
+    rotated: std::sync::atomic::AtomicBool,
+    jwks_fetches: std::sync::atomic::AtomicUsize,
     answer: Mutex<Option<TokenAnswer>>,
     token_delay: Mutex<Option<Duration>>,
     last_token_request: Mutex<Option<TokenRequest>>,
@@ -94,6 +97,8 @@ impl FakeProvider {
             issuer: issuer.clone(),
             published: es256_key("fake-key-1"),
             unpublished: es256_key("fake-key-2"),
+            rotated: Default::default(),
+            jwks_fetches: Default::default(),
             answer: Mutex::new(None),
             token_delay: Mutex::new(None),
             last_token_request: Mutex::new(None),
@@ -157,6 +162,21 @@ impl FakeProvider {
         })
     }
 
+    /// The provider rotates its signing key: the JWKS now publishes only the second key, and
+    /// `Signing::Unpublished` tokens become the validly signed ones.
+    pub fn rotate_keys(&self) {
+        self.state
+            .rotated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn jwks_fetches(&self) -> usize {
+        self.state
+            .jwks_fetches
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn answer_next(&self, answer: TokenAnswer) {
         *self.state.answer.lock().unwrap() = Some(answer);
     }
@@ -198,7 +218,14 @@ async fn discovery(State(s): State<Arc<FakeState>>) -> Json<Value> {
 }
 
 async fn jwks(State(s): State<Arc<FakeState>>) -> Json<Value> {
-    Json(json!({ "keys": [s.published.jwk] }))
+    use std::sync::atomic::Ordering;
+    s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let key = if s.rotated.load(Ordering::SeqCst) {
+        &s.unpublished
+    } else {
+        &s.published
+    };
+    Json(json!({ "keys": [key.jwk] }))
 }
 
 fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {

@@ -380,3 +380,43 @@ async fn userinfo_for_another_subject_is_refused() {
     );
     assert_eq!(app.count_rows("sessions").await, 0);
 }
+
+#[tokio::test]
+async fn a_provider_key_rotation_is_picked_up_with_one_rate_limited_jwks_refetch() {
+    let fake = FakeProvider::start().await;
+    let app = fake_app(&fake).await;
+    assert_eq!(fake.jwks_fetches(), 1, "discovery fetched the JWKS once");
+
+    // Right after discovery an unknown kid does not trigger a refetch (rate limit: 10 s).
+    let (started, nonce) = start(&app).await;
+    fake.answer_next(TokenAnswer::IdToken {
+        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
+        signing: Signing::Unpublished,
+    });
+    let err = app
+        .grpc
+        .clone()
+        .exchange_code(exchange(&started))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(fake.jwks_fetches(), 1);
+
+    // The provider rotates; after the interval, the new kid makes authgate refetch once.
+    fake.rotate_keys();
+    tokio::time::sleep(Duration::from_millis(10_200)).await;
+    let (started, nonce) = start(&app).await;
+    fake.answer_next(TokenAnswer::IdToken {
+        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
+        signing: Signing::Unpublished,
+    });
+    let done = app
+        .grpc
+        .clone()
+        .exchange_code(exchange(&started))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.user.unwrap().sub, "fake-user-1");
+    assert_eq!(fake.jwks_fetches(), 2, "exactly one refetch");
+}
