@@ -18,11 +18,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             ".authgate.v1.GetLoginUrlResponse",
             ".authgate.v1.ExchangeCodeRequest",
             ".authgate.v1.ExchangeCodeResponse",
+            ".authgate.v1.ValidateTokenRequest",
+            ".authgate.v1.RefreshSessionRequest",
+            ".authgate.v1.RefreshSessionResponse",
+            ".authgate.v1.LogoutResponse",
         ])
-        .compile_protos(
-            &protos.map(PathBuf::from),
-            &[PathBuf::from("proto"), well_known],
-        )?;
+        .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Config {
     /// Exact-match allow-list of where the server-side flow may send the browser after login;
     /// the first one is the default.
     pub post_login_redirect_urls: Vec<String>,
+    /// Exact-match allow-list for Logout's `post_logout_redirect_uri`; the first is the default.
+    pub post_logout_redirect_uris: Vec<String>,
     /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
     pub cors_allowed_origins: Vec<String>,
     pub tokens: TokenConfig,
@@ -48,6 +50,11 @@ pub struct Config {
     pub health_check_interval: Duration,
     /// Size of the database connection pool.
     pub database_max_connections: u32,
+    /// Whether RefreshSession also refreshes at the provider (when it issued a refresh token).
+    pub refresh_at_provider: bool,
+    /// How often every replica re-reads recent revocations (the bound on how stale
+    /// ValidateToken can be after a logout on another replica).
+    pub revocation_sync_interval: Duration,
 }
 
 #[derive(Clone)]
@@ -119,6 +126,13 @@ pub struct TokenConfig {
     /// A PKCS#8 PEM private key to sign with. When unset, keys are generated and stored
     /// (encrypted) in the database, shared by every replica.
     pub key_file: Option<PathBuf>,
+    /// A new key is generated when the newest is this old (database keys only).
+    pub key_rotation_interval: Duration,
+    /// A new key is published this long before it starts signing, so every replica and every
+    /// JWKS cache (max-age 5 min) has it first.
+    pub key_publish_ahead: Duration,
+    /// How often each replica re-reads the key set.
+    pub key_reload_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,13 +198,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration:")?;
         for p in &self.problems {
-            write!(
-                f,
-                "\n  - {} (env {}): {}",
-                p.setting,
-                env_name(p.setting),
-                p.message
-            )?;
+            write!(f, "\n  - {} (env {}): {}", p.setting, env_name(p.setting), p.message)?;
         }
         Ok(())
     }
@@ -200,12 +208,7 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     fn one(setting: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            problems: vec![ConfigProblem {
-                setting,
-                message: message.into(),
-            }],
-        }
+        Self { problems: vec![ConfigProblem { setting, message: message.into() }] }
     }
 }
 
@@ -239,6 +242,12 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("log_format", Kind::Scalar),
     ("health_check_interval", Kind::Scalar),
     ("database_max_connections", Kind::Scalar),
+    ("post_logout_redirect_uris", Kind::List),
+    ("refresh_at_provider", Kind::Scalar),
+    ("revocation_sync_interval", Kind::Scalar),
+    ("key_rotation_interval", Kind::Scalar),
+    ("key_publish_ahead", Kind::Scalar),
+    ("key_reload_interval", Kind::Scalar),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,10 +281,7 @@ struct Raw {
 
 impl Raw {
     fn scalar(&self, key: &str) -> Option<&str> {
-        self.scalars
-            .get(key)
-            .map(String::as_str)
-            .filter(|s| !s.trim().is_empty())
+        self.scalars.get(key).map(String::as_str).filter(|s| !s.trim().is_empty())
     }
 }
 
@@ -376,10 +382,7 @@ struct Parser {
 
 impl Parser {
     fn problem(&mut self, setting: &'static str, message: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            setting,
-            message: message.into(),
-        });
+        self.problems.push(ConfigProblem { setting, message: message.into() });
     }
 
     fn duration(&mut self, raw: &Raw, key: &'static str, default: Duration) -> Duration {
@@ -438,17 +441,10 @@ impl Parser {
     }
 
     fn parse(mut self, raw: &Raw) -> Result<Config, ConfigError> {
-        let listen_addr = match raw
-            .scalar("listen_addr")
-            .unwrap_or("127.0.0.1:8080")
-            .parse()
-        {
+        let listen_addr = match raw.scalar("listen_addr").unwrap_or("127.0.0.1:8080").parse() {
             Ok(addr) => addr,
             Err(_) => {
-                self.problem(
-                    "listen_addr",
-                    "must be an IP address and port, e.g. `0.0.0.0:8080`",
-                );
+                self.problem("listen_addr", "must be an IP address and port, e.g. `0.0.0.0:8080`");
                 SocketAddr::from(([127, 0, 0, 1], 8080))
             }
         };
@@ -467,9 +463,7 @@ impl Parser {
                 Some(DatabaseConfig::Postgres(Secret::new(url.to_string())))
             }
             Some(url) if url.starts_with("sqlite:") => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
                 Some(DatabaseConfig::Sqlite(PathBuf::from(path)))
             }
             Some(_) => {
@@ -521,22 +515,20 @@ impl Parser {
                 "is required (or client_secret_file): authgate is a confidential client",
             );
         }
-        let client_auth_method = match raw
-            .scalar("client_auth_method")
-            .unwrap_or("client_secret_basic")
-        {
-            "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
-            "client_secret_post" => ClientAuthMethod::ClientSecretPost,
-            other => {
-                self.problem(
+        let client_auth_method =
+            match raw.scalar("client_auth_method").unwrap_or("client_secret_basic") {
+                "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+                "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+                other => {
+                    self.problem(
                     "client_auth_method",
                     format!(
                         "`{other}` is not supported; use client_secret_basic or client_secret_post"
                     ),
                 );
-                ClientAuthMethod::ClientSecretBasic
-            }
-        };
+                    ClientAuthMethod::ClientSecretBasic
+                }
+            };
         let mut scopes = raw
             .lists
             .get("scopes")
@@ -549,9 +541,7 @@ impl Parser {
             scopes.insert(0, "openid".into());
         }
 
-        let base = public_url
-            .as_ref()
-            .map(|u| u.as_str().trim_end_matches('/').to_string());
+        let base = public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string());
         let http_callback_url = match (raw.scalar("http_callback_url"), &base) {
             (Some(text), _) => RedirectUri::parse(text)
                 .map_err(|e| self.problem("http_callback_url", format!("`{text}`: {e}")))
@@ -573,13 +563,23 @@ impl Parser {
                 redirect_uris.push(callback.clone());
             }
         }
+        let mut post_logout_redirect_uris = Vec::new();
+        for u in raw.lists.get("post_logout_redirect_uris").into_iter().flatten() {
+            match RedirectUri::parse(u) {
+                Ok(uri) => post_logout_redirect_uris.push(uri.as_str().to_string()),
+                Err(e) => self.problem("post_logout_redirect_uris", format!("`{u}`: {e}")),
+            }
+        }
+        let refresh_at_provider = match raw.scalar("refresh_at_provider").unwrap_or("true") {
+            "true" => true,
+            "false" => false,
+            other => {
+                self.problem("refresh_at_provider", format!("`{other}` is not true or false"));
+                true
+            }
+        };
         let mut post_login_redirect_urls = Vec::new();
-        for u in raw
-            .lists
-            .get("post_login_redirect_urls")
-            .into_iter()
-            .flatten()
-        {
+        for u in raw.lists.get("post_login_redirect_urls").into_iter().flatten() {
             match RedirectUri::parse(u) {
                 Ok(uri) => post_login_redirect_urls.push(uri.as_str().to_string()),
                 Err(e) => self.problem("post_login_redirect_urls", format!("`{u}`: {e}")),
@@ -620,10 +620,7 @@ impl Parser {
         let key_file = raw.scalar("signing_key_file").map(PathBuf::from);
         if let Some(path) = &key_file {
             if !path.is_file() {
-                self.problem(
-                    "signing_key_file",
-                    format!("{} does not exist", path.display()),
-                );
+                self.problem("signing_key_file", format!("{} does not exist", path.display()));
             }
         } else if algorithm == SigningAlgorithm::Rs256 {
             self.problem(
@@ -633,13 +630,20 @@ impl Parser {
         }
         let tokens = TokenConfig {
             ttl: self.duration(raw, "token_ttl", Duration::from_secs(900)),
-            audience: raw
-                .scalar("token_audience")
-                .unwrap_or("authgate")
-                .to_string(),
+            audience: raw.scalar("token_audience").unwrap_or("authgate").to_string(),
             algorithm,
             key_file,
+            key_rotation_interval: self.duration(
+                raw,
+                "key_rotation_interval",
+                Duration::from_secs(30 * 86_400),
+            ),
+            key_publish_ahead: self.duration(raw, "key_publish_ahead", Duration::from_secs(600)),
+            key_reload_interval: self.duration(raw, "key_reload_interval", Duration::from_secs(30)),
         };
+        if tokens.key_rotation_interval <= tokens.key_publish_ahead {
+            self.problem("key_rotation_interval", "must be longer than key_publish_ahead");
+        }
         if tokens.ttl > Duration::from_secs(24 * 3600) {
             self.problem(
                 "token_ttl",
@@ -662,6 +666,8 @@ impl Parser {
         let clock_skew = self.duration(raw, "clock_skew", Duration::from_secs(60));
         let attempt_ttl = self.duration(raw, "attempt_ttl", Duration::from_secs(600));
         let session_ttl = self.duration(raw, "session_ttl", Duration::from_secs(24 * 3600));
+        let revocation_sync_interval =
+            self.duration(raw, "revocation_sync_interval", Duration::from_secs(1));
         let health_check_interval =
             self.duration(raw, "health_check_interval", Duration::from_secs(5));
         let database_max_connections = match raw.scalar("database_max_connections") {
@@ -711,6 +717,7 @@ impl Parser {
                 redirect_uris,
                 http_callback_url,
                 post_login_redirect_urls,
+                post_logout_redirect_uris,
                 cors_allowed_origins,
                 tokens,
                 attempt_ttl,
@@ -719,10 +726,10 @@ impl Parser {
                 log_format,
                 health_check_interval,
                 database_max_connections,
+                refresh_at_provider,
+                revocation_sync_interval,
             }),
-            _ => Err(ConfigError {
-                problems: self.problems,
-            }),
+            _ => Err(ConfigError { problems: self.problems }),
         }
     }
 
@@ -734,10 +741,7 @@ impl Parser {
         const HOW: &str = "generate one with `openssl rand -base64 32`";
         if let Some(value) = self.secret(raw, "encryption_key", "encryption_key_file") {
             return match decode_key(value.expose()) {
-                Some(key) => Some(EncryptionKey {
-                    key: Secret::new(key),
-                    generated_at: None,
-                }),
+                Some(key) => Some(EncryptionKey { key: Secret::new(key), generated_at: None }),
                 None => {
                     self.problem(
                         "encryption_key",
@@ -756,10 +760,9 @@ impl Parser {
                 key_path.push(".key");
                 let key_path = PathBuf::from(key_path);
                 match load_or_generate_key_file(&key_path) {
-                    Ok(key) => Some(EncryptionKey {
-                        key: Secret::new(key),
-                        generated_at: Some(key_path),
-                    }),
+                    Ok(key) => {
+                        Some(EncryptionKey { key: Secret::new(key), generated_at: Some(key_path) })
+                    }
                     Err(e) => {
                         self.problem(
                             "encryption_key",
@@ -847,20 +850,14 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
     fn minimal() -> BTreeMap<String, String> {
         env(&[
-            (
-                "AUTHGATE_ISSUER_URL",
-                "https://dev-123.okta.com/oauth2/default",
-            ),
+            ("AUTHGATE_ISSUER_URL", "https://dev-123.okta.com/oauth2/default"),
             ("AUTHGATE_CLIENT_ID", "client"),
             ("AUTHGATE_CLIENT_SECRET", "s3cret-value"),
             (
@@ -875,23 +872,13 @@ mod tests {
     #[test]
     fn env_only_configuration_loads_with_defaults() {
         let config = Config::from_sources(None, &minimal()).unwrap();
-        assert_eq!(
-            config.redirect_uris.len(),
-            3,
-            "the two configured plus the HTTP callback"
-        );
-        assert_eq!(
-            config.redirect_uris[0].as_str(),
-            "http://localhost:5173/callback"
-        );
+        assert_eq!(config.redirect_uris.len(), 3, "the two configured plus the HTTP callback");
+        assert_eq!(config.redirect_uris[0].as_str(), "http://localhost:5173/callback");
         assert_eq!(
             config.http_callback_url.as_str(),
             "http://127.0.0.1:8080/authorization-code/callback"
         );
-        assert_eq!(
-            config.post_login_redirect_urls,
-            vec!["http://127.0.0.1:8080/"]
-        );
+        assert_eq!(config.post_login_redirect_urls, vec!["http://127.0.0.1:8080/"]);
         assert_eq!(config.tokens.ttl, Duration::from_secs(900));
         assert_eq!(config.attempt_ttl, Duration::from_secs(600));
         assert_eq!(config.provider.scopes, vec!["openid", "profile", "email"]);
@@ -917,20 +904,14 @@ mod tests {
     #[test]
     fn problems_name_the_setting_and_env_variable() {
         let mut e = minimal();
-        e.insert(
-            "AUTHGATE_ISSUER_URL".into(),
-            "http://okta.example.com/oauth2/default".into(),
-        );
+        e.insert("AUTHGATE_ISSUER_URL".into(), "http://okta.example.com/oauth2/default".into());
         e.insert("AUTHGATE_TOKEN_TTL".into(), "soon".into());
         e.remove("AUTHGATE_CLIENT_ID");
         let err = Config::from_sources(None, &e).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("issuer_url (env AUTHGATE_ISSUER_URL): `http://okta.example.com/oauth2/default` must use https"), "{text}");
         assert!(text.contains("token_ttl"), "{text}");
-        assert!(
-            text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"),
-            "{text}"
-        );
+        assert!(text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"), "{text}");
     }
 
     #[test]
@@ -959,20 +940,11 @@ mod tests {
     #[test]
     fn redirect_uris_and_origins_are_checked() {
         let mut e = minimal();
-        e.insert(
-            "AUTHGATE_REDIRECT_URIS".into(),
-            "not a url,http://x.example.com/cb#frag".into(),
-        );
-        e.insert(
-            "AUTHGATE_CORS_ALLOWED_ORIGINS".into(),
-            "http://localhost:5173/".into(),
-        );
+        e.insert("AUTHGATE_REDIRECT_URIS".into(), "not a url,http://x.example.com/cb#frag".into());
+        e.insert("AUTHGATE_CORS_ALLOWED_ORIGINS".into(), "http://localhost:5173/".into());
         let err = Config::from_sources(None, &e).unwrap_err();
         let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
-        assert_eq!(
-            settings,
-            vec!["redirect_uris", "redirect_uris", "cors_allowed_origins"]
-        );
+        assert_eq!(settings, vec!["redirect_uris", "redirect_uris", "cors_allowed_origins"]);
     }
 
     #[test]

@@ -49,9 +49,7 @@ const VERSION: u8 = 1;
 
 impl Cipher {
     pub fn new(key: &Secret<[u8; 32]>) -> Self {
-        Self {
-            aead: Aes256Gcm::new(key.expose().into()),
-        }
+        Self { aead: Aes256Gcm::new(key.expose().into()) }
     }
 
     pub fn encrypt(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
@@ -59,13 +57,7 @@ impl Cipher {
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
             .aead
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: context.as_bytes(),
-                },
-            )
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: context.as_bytes() })
             // AES-GCM encryption only fails for inputs larger than 64 GiB.
             .unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
@@ -82,13 +74,7 @@ impl Cipher {
         let (nonce, sealed) = data[1..].split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| DecryptError)?;
         self.aead
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: context.as_bytes(),
-                },
-            )
+            .decrypt(&Nonce::from(nonce), Payload { msg: sealed, aad: context.as_bytes() })
             .map_err(|_| DecryptError)
     }
 
@@ -102,9 +88,7 @@ impl Cipher {
         context: &str,
     ) -> Result<Secret<String>, DecryptError> {
         let plain = self.decrypt(data, context)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| DecryptError)
+        String::from_utf8(plain).map(Secret::new).map_err(|_| DecryptError)
     }
 }
 
@@ -125,10 +109,7 @@ mod tests {
         let cipher = Cipher::new(&Secret::new([7u8; 32]));
         let sealed = cipher.encrypt(b"refresh-token", "session:1:refresh");
         assert!(!sealed.windows(13).any(|w| w == b"refresh-token"));
-        assert_eq!(
-            cipher.decrypt(&sealed, "session:1:refresh").unwrap(),
-            b"refresh-token"
-        );
+        assert_eq!(cipher.decrypt(&sealed, "session:1:refresh").unwrap(), b"refresh-token");
         assert!(cipher.decrypt(&sealed, "session:2:refresh").is_err());
         let other = Cipher::new(&Secret::new([8u8; 32]));
         assert!(other.decrypt(&sealed, "session:1:refresh").is_err());

@@ -52,8 +52,7 @@ fn is_loopback_host(url: &Url) -> bool {
 pub fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b))
 }
 
 /// An opaque handle we generated (state, binding, refresh handle): base64url, bounded length.
@@ -63,17 +62,10 @@ pub fn parse_handle(field: &'static str, value: &str) -> Result<String, String> 
         return Err(format!("`{field}` is required"));
     }
     if value.len() > MAX_HANDLE_LEN {
-        return Err(format!(
-            "`{field}` is longer than {MAX_HANDLE_LEN} characters"
-        ));
+        return Err(format!("`{field}` is longer than {MAX_HANDLE_LEN} characters"));
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!(
-            "`{field}` contains characters authgate never issues"
-        ));
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("`{field}` contains characters authgate never issues"));
     }
     Ok(value.to_string())
 }
@@ -155,11 +147,7 @@ mod tests {
 
     #[test]
     fn merge_fills_missing_claims_only_from_other() {
-        let mut p = Profile {
-            sub: "s".into(),
-            name: Some("A".into()),
-            ..Default::default()
-        };
+        let mut p = Profile { sub: "s".into(), name: Some("A".into()), ..Default::default() };
         p.merge_from(Profile {
             sub: "other".into(),
             email: Some("a@example.com".into()),

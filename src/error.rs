@@ -91,14 +91,12 @@ impl AuthError {
             Self::BindingMismatch => (K::PermissionDenied, self.to_string()),
             Self::Unauthenticated(_) | Self::SessionEnded => (K::Unauthenticated, self.to_string()),
             Self::Provider(p) => classify_provider(p),
-            Self::Store(StoreError::Unavailable(_)) => (
-                K::Unavailable,
-                "the database is unavailable; retry shortly".into(),
-            ),
-            Self::Store(_) | Self::Internal(_) => (
-                K::Internal,
-                "internal error; the server log has the details".into(),
-            ),
+            Self::Store(StoreError::Unavailable(_)) => {
+                (K::Unavailable, "the database is unavailable; retry shortly".into())
+            }
+            Self::Store(_) | Self::Internal(_) => {
+                (K::Internal, "internal error; the server log has the details".into())
+            }
         }
     }
 }

@@ -23,10 +23,7 @@ impl Readiness {
     }
 
     pub fn not_checked() -> Self {
-        Self {
-            database: Err("not checked yet".into()),
-            provider: Err("not checked yet".into()),
-        }
+        Self { database: Err("not checked yet".into()), provider: Err("not checked yet".into()) }
     }
 }
 
@@ -39,12 +36,8 @@ pub async fn monitor(
     interval: Duration,
 ) {
     let mut last = Readiness::not_checked();
-    reporter
-        .set_not_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>()
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    reporter.set_not_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>().await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
     loop {
         let (database, idp) = tokio::join!(store.ping(), provider.check());
         let now = Readiness {
@@ -54,20 +47,12 @@ pub async fn monitor(
         if now.is_ready() != last.is_ready() || (last == Readiness::not_checked()) {
             if now.is_ready() {
                 info!("ready: database and provider reachable");
-                reporter
-                    .set_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>()
-                    .await;
-                reporter
-                    .set_service_status("", ServingStatus::Serving)
-                    .await;
+                reporter.set_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>().await;
+                reporter.set_service_status("", ServingStatus::Serving).await;
             } else {
                 warn!(database = ?now.database, provider = ?now.provider, "not ready");
-                reporter
-                    .set_not_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>()
-                    .await;
-                reporter
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
+                reporter.set_not_serving::<AuthServiceServer<crate::grpc::AuthGrpc>>().await;
+                reporter.set_service_status("", ServingStatus::NotServing).await;
             }
         }
         readiness.send_replace(now.clone());

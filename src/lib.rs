@@ -13,7 +13,9 @@
 //! - [`store`]: login attempts, sessions and signing keys on PostgreSQL or SQLite.
 //! - [`tokens`]: authgate's own JWTs and the key ring that signs and verifies them.
 //! - [`crypto`]: random handles, hashing, encryption at rest.
-//! - [`auth`]: the use cases (start login, finish login, user info) — no transport types.
+//! - [`auth`]: the use cases (start/finish login, user info, validate, refresh, logout,
+//!   back-channel logout) — no transport types.
+//! - [`revocation`]: the revoked-session set every replica keeps in memory and re-syncs.
 //! - [`grpc`], [`http`]: the transports; convert, call [`auth`], map errors.
 //! - [`health`]: readiness monitor behind gRPC health and `/readyz`.
 //! - [`startup`]: wiring; `Application::run(listener, shutdown)`.
@@ -29,6 +31,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod provider;
+pub mod revocation;
 pub mod secret;
 pub mod startup;
 pub mod store;

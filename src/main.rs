@@ -25,6 +25,20 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage authgate's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate a new signing key: published at once, signing after `key_publish_ahead`; the
+    /// old key stays published until the last token it signed has expired.
+    Rotate,
+    /// List the signing keys in the database.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -37,10 +51,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("authgate: cannot start the async runtime: {e}");
@@ -56,6 +67,7 @@ fn main() -> ExitCode {
                 println!("migrations applied ({})", config.database.describe());
                 Ok(())
             }
+            Command::Keys { command } => keys(config, command).await,
         }
     });
     match result {
@@ -66,6 +78,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
+    use authgate::{crypto::Cipher, tokens::TokenIssuer};
+    let store = Store::connect(&config.database, 2)?;
+    store.migrate().await?;
+    let cipher = Cipher::new(&config.encryption_key.key);
+    let issuer = config.public_url.as_str().trim_end_matches('/').to_string();
+    let tokens = TokenIssuer::load(issuer, &config.tokens, &store, &cipher).await?;
+    match command {
+        KeysCommand::Rotate => {
+            let (kid, activates_at) = tokens.rotate().await?;
+            println!("new signing key {kid}: published now, signs from unix time {activates_at}");
+        }
+        KeysCommand::List => {
+            for k in store.list_signing_keys(authgate::tokens::now()).await? {
+                println!("{}\t{}\tactivates_at={}", k.kid, k.algorithm, k.activates_at);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ use crate::{
     http,
     pb::{self, auth_service_server::AuthServiceServer},
     provider::{IdentityProvider, oidc::OidcProvider},
+    revocation::Revocations,
     store::Store,
     tokens::{TokenIssuer, now},
 };
@@ -62,6 +63,8 @@ impl Application {
         let tokens = TokenIssuer::load(issuer_of(&config), &config.tokens, &store, &cipher)
             .await
             .context("cannot load signing keys")?;
+        let revocations = Arc::new(Revocations::new(config.tokens.ttl));
+        revocations.sync(&store, now()).await.context("cannot read revoked sessions")?;
         let config = Arc::new(config);
         let auth = Arc::new(Authenticator::new(
             Arc::clone(&config),
@@ -69,13 +72,9 @@ impl Application {
             Arc::clone(&provider),
             Arc::new(tokens),
             cipher,
+            revocations,
         ));
-        Ok(Self {
-            config,
-            auth,
-            store,
-            provider,
-        })
+        Ok(Self { config, auth, store, provider })
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
@@ -95,7 +94,15 @@ impl Application {
                 readiness_tx,
                 self.config.health_check_interval,
             )),
-            tokio::spawn(sweep_attempts(self.store.clone())),
+            tokio::spawn(sweep(self.store.clone())),
+            tokio::spawn(
+                Arc::clone(self.auth.revocations())
+                    .run(self.store.clone(), self.config.revocation_sync_interval),
+            ),
+            tokio::spawn(maintain_keys(
+                Arc::clone(&self.auth),
+                self.config.tokens.key_reload_interval,
+            )),
         ];
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -195,15 +202,33 @@ async fn migrate_with_retry(store: &Store) -> anyhow::Result<()> {
     }
 }
 
-/// Deletes expired login attempts periodically.
-async fn sweep_attempts(store: Store) {
+/// Sessions are kept this long after they end (for audit and reuse detection), then deleted.
+const ENDED_SESSION_GRACE_SECS: i64 = 7 * 86_400;
+
+/// Deletes expired login attempts, long-ended sessions and expired logout `jti`s periodically.
+async fn sweep(store: Store) {
     loop {
         match store.sweep_expired_attempts(now()).await {
             Ok(0) => {}
             Ok(n) => info!(swept = n, "expired login attempts deleted"),
             Err(e) => warn!(error = %e, "sweeping expired login attempts failed"),
         }
+        match store.sweep_ended_sessions(now(), ENDED_SESSION_GRACE_SECS).await {
+            Ok(0) => {}
+            Ok(n) => info!(swept = n, "ended sessions deleted"),
+            Err(e) => warn!(error = %e, "sweeping ended sessions failed"),
+        }
         tokio::time::sleep(SWEEP_INTERVAL).await;
+    }
+}
+
+/// Re-reads the key set, schedules rotations and retires old keys, on every replica.
+async fn maintain_keys(auth: Arc<Authenticator>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = auth.tokens().maintain().await {
+            warn!(error = %e, "signing key maintenance failed");
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use jsonwebtoken::{
@@ -20,7 +21,7 @@ use tracing::info;
 
 use crate::{
     config::{SigningAlgorithm, TokenConfig},
-    crypto::{Cipher, random_handle},
+    crypto::{Cipher, random_handle, sha256},
     domain::Profile,
     store::{Store, StoreError, StoredSigningKey},
 };
@@ -120,11 +121,33 @@ pub struct KeyRing {
 impl KeyRing {
     fn new(mut keys: Vec<Arc<KeyEntry>>) -> Self {
         keys.sort_by(|a, b| (a.activates_at, &a.kid).cmp(&(b.activates_at, &b.kid)));
-        let by_kid = keys
-            .iter()
-            .map(|k| (k.kid.clone(), Arc::clone(k)))
-            .collect();
+        let by_kid = keys.iter().map(|k| (k.kid.clone(), Arc::clone(k))).collect();
         Self { keys, by_kid }
+    }
+
+    /// When each key stopped signing: the activation of the next key that has activated.
+    fn retired_at(&self, index: usize, now: i64) -> Option<i64> {
+        self.keys[index + 1..]
+            .iter()
+            .map(|k| k.activates_at)
+            .find(|&t| t <= now)
+            .or(self.keys[index].retires_at)
+    }
+
+    /// Keys that no token can still need: retired longer ago than a token lives.
+    fn expired(&self, now: i64, token_ttl: i64) -> Vec<String> {
+        (0..self.keys.len())
+            .filter(|&i| {
+                self.retired_at(i, now)
+                    .is_some_and(|r| r + token_ttl + LEEWAY_SECS as i64 + 60 < now)
+            })
+            .map(|i| self.keys[i].kid.clone())
+            .collect()
+    }
+
+    /// The newest key, whether or not it signs yet.
+    fn newest(&self) -> Option<&Arc<KeyEntry>> {
+        self.keys.last()
     }
 
     /// The newest key that may sign now.
@@ -133,8 +156,47 @@ impl KeyRing {
     }
 
     pub fn jwks(&self) -> JwkSet {
-        JwkSet {
-            keys: self.keys.iter().map(|k| k.jwk.clone()).collect(),
+        JwkSet { keys: self.keys.iter().map(|k| k.jwk.clone()).collect() }
+    }
+}
+
+/// A cache of verified tokens, keyed by the SHA-256 of the whole token, so ValidateToken pays
+/// for a signature check once per token rather than once per call. Entries are dropped once
+/// the token has expired; the revocation check is never cached.
+struct VerifiedCache {
+    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Claims>>>>,
+}
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_SHARD_CAPACITY: usize = 8192;
+
+impl VerifiedCache {
+    fn new() -> Self {
+        Self { shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+
+    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<Claims>>> {
+        &self.shards[usize::from(key[0]) % CACHE_SHARDS]
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Claims>> {
+        self.shard(key).lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn insert(&self, key: [u8; 32], claims: Arc<Claims>, now: i64) {
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= CACHE_SHARD_CAPACITY {
+            shard.retain(|_, c| c.exp + LEEWAY_SECS as i64 >= now);
+            if shard.len() >= CACHE_SHARD_CAPACITY {
+                shard.clear();
+            }
+        }
+        shard.insert(key, claims);
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
 }
@@ -156,7 +218,15 @@ pub struct TokenIssuer {
     ring: RwLock<Arc<KeyRing>>,
     /// `Some` when keys live in the database (not a key file).
     store: Option<(Store, Cipher)>,
+    rotation_interval_secs: i64,
+    publish_ahead_secs: i64,
+    cache: VerifiedCache,
+    /// When the key set was last re-read because of an unknown `kid` (rate limit).
+    last_forced_reload: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// At most one forced key reload per this interval, however many unknown `kid`s arrive.
+const FORCED_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tolerated clock difference between replicas for `exp`/`nbf`.
 const LEEWAY_SECS: u64 = 10;
@@ -177,6 +247,10 @@ impl TokenIssuer {
             algorithm: config.algorithm,
             ring: RwLock::new(Arc::new(KeyRing::default())),
             store: None,
+            rotation_interval_secs: config.key_rotation_interval.as_secs() as i64,
+            publish_ahead_secs: config.key_publish_ahead.as_secs() as i64,
+            cache: VerifiedCache::new(),
+            last_forced_reload: tokio::sync::Mutex::new(None),
         };
         match &config.key_file {
             Some(path) => {
@@ -215,6 +289,51 @@ impl TokenIssuer {
         }
         *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing::new(keys));
         Ok(())
+    }
+
+    /// Re-reads the key set after an unknown `kid`, at most once per second; returns whether it
+    /// did.
+    pub async fn reload_for_unknown_kid(&self) -> Result<bool, KeyError> {
+        let mut last = self.last_forced_reload.lock().await;
+        if last.is_some_and(|t| t.elapsed() < FORCED_RELOAD_INTERVAL) || self.store.is_none() {
+            return Ok(false);
+        }
+        *last = Some(Instant::now());
+        self.reload().await?;
+        Ok(true)
+    }
+
+    /// Rotation by command: a new key, published now, signing from `now + key_publish_ahead`.
+    pub async fn rotate(&self) -> Result<(String, i64), KeyError> {
+        let activates_at = now() + self.publish_ahead_secs;
+        let kid = self.add_key(activates_at).await?;
+        self.reload().await?;
+        Ok((kid, activates_at))
+    }
+
+    /// Periodic upkeep on every replica: re-read the key set, schedule the next key when the
+    /// newest reaches `key_rotation_interval` (published `key_publish_ahead` before it signs),
+    /// and delete keys no token can still need.
+    pub async fn maintain(&self) -> Result<(), KeyError> {
+        let Some((store, _)) = &self.store else { return Ok(()) };
+        self.reload().await?;
+        let now = now();
+        let ring = self.ring();
+        let due = ring.newest().is_none_or(|k| {
+            k.activates_at + self.rotation_interval_secs <= now + self.publish_ahead_secs
+        });
+        if due {
+            let activates_at = ring
+                .newest()
+                .map_or(now, |k| k.activates_at + self.rotation_interval_secs)
+                .max(now + self.publish_ahead_secs);
+            self.add_key(activates_at).await?;
+        }
+        for kid in ring.expired(now, self.ttl_secs) {
+            store.delete_signing_key(&kid).await?;
+            info!(%kid, "retired signing key deleted");
+        }
+        self.reload().await
     }
 
     /// Generates a key of the configured algorithm that starts signing at `activates_at`, and
@@ -259,8 +378,13 @@ impl TokenIssuer {
         self.ring().jwks()
     }
 
-    /// Mints a token for a session.
-    pub fn mint(&self, session_id: &str, profile: &Profile) -> Result<(String, Claims), KeyError> {
+    /// Mints a token for a session; it never outlives the session.
+    pub fn mint(
+        &self,
+        session_id: &str,
+        profile: &Profile,
+        session_expires_at: i64,
+    ) -> Result<(String, Claims), KeyError> {
         let now = now();
         let ring = self.ring();
         let key = ring
@@ -270,7 +394,7 @@ impl TokenIssuer {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: profile.sub.clone(),
-            exp: now + self.ttl_secs,
+            exp: (now + self.ttl_secs).min(session_expires_at),
             iat: now,
             nbf: now,
             jti: random_handle(16),
@@ -287,6 +411,27 @@ impl TokenIssuer {
         let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
             .map_err(|e| KeyError::Invalid(format!("signing failed: {e}")))?;
         Ok((token, claims))
+    }
+
+    /// [`Self::verify`] with a cache of tokens already verified. Does not check revocation.
+    pub fn verify_cached(&self, token: &str) -> Result<Arc<Claims>, TokenRejection> {
+        let key = sha256(token.as_bytes());
+        let now = now();
+        if let Some(claims) = self.cache.get(&key) {
+            return if claims.exp + (LEEWAY_SECS as i64) < now {
+                Err(TokenRejection::Expired)
+            } else {
+                Ok(claims)
+            };
+        }
+        let claims = Arc::new(self.verify(token)?);
+        self.cache.insert(key, Arc::clone(&claims), now);
+        Ok(claims)
+    }
+
+    /// Forgets every cached verification (after the key set changed).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
     }
 
     /// Verifies signature, `iss`, `aud`, `exp` and `nbf`. Does not check revocation.
@@ -411,16 +556,7 @@ fn entry_from_encoding(
     validation.validate_aud = false;
     jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &validation)
         .map_err(|e| KeyError::Invalid(format!("key pair does not verify: {e}")))?;
-    Ok(KeyEntry {
-        kid,
-        algorithm,
-        encoding,
-        decoding,
-        jwk,
-        activates_at,
-        retires_at,
-        expires_at,
-    })
+    Ok(KeyEntry { kid, algorithm, encoding, decoding, jwk, activates_at, retires_at, expires_at })
 }
 
 fn entry_from_der(
@@ -430,13 +566,7 @@ fn entry_from_der(
     retires_at: Option<i64>,
     expires_at: Option<i64>,
 ) -> Result<KeyEntry, KeyError> {
-    entry_from_encoding(
-        alg,
-        encoding_key(alg, der),
-        activates_at,
-        retires_at,
-        expires_at,
-    )
+    entry_from_encoding(alg, encoding_key(alg, der), activates_at, retires_at, expires_at)
 }
 
 fn key_from_pem(alg: SigningAlgorithm, pem: &[u8]) -> Result<KeyEntry, KeyError> {
@@ -446,10 +576,7 @@ fn key_from_pem(alg: SigningAlgorithm, pem: &[u8]) -> Result<KeyEntry, KeyError>
         SigningAlgorithm::Rs256 => EncodingKey::from_rsa_pem(pem),
     }
     .map_err(|e| {
-        KeyError::Invalid(format!(
-            "signing_key_file is not a PKCS#8 PEM {} key: {e}",
-            alg.as_str()
-        ))
+        KeyError::Invalid(format!("signing_key_file is not a PKCS#8 PEM {} key: {e}", alg.as_str()))
     })?;
     entry_from_encoding(alg, encoding, 0, None, None)
 }
@@ -467,6 +594,42 @@ fn key_from_store(k: &StoredSigningKey, cipher: &Cipher) -> Result<KeyEntry, Key
 mod tests {
     use super::*;
 
+    #[test]
+    fn tokens_never_outlive_their_session_and_cached_checks_agree() {
+        let issuer = issuer_with(SigningAlgorithm::Es256);
+        let (token, claims) = issuer.mint("sid", &profile(), now() + 60).unwrap();
+        assert_eq!(claims.exp, claims.iat + 60);
+        let first = issuer.verify_cached(&token).unwrap();
+        let second = issuer.verify_cached(&token).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "the second check is served from the cache");
+        let mut tampered = token.clone();
+        tampered.push('x');
+        assert!(issuer.verify_cached(&tampered).is_err());
+    }
+
+    #[test]
+    fn retired_keys_expire_after_the_last_token_they_signed() {
+        let entry = |kid: &str, activates_at: i64| {
+            let (_, mut e) = generate_key(SigningAlgorithm::Es256, activates_at).unwrap();
+            e.kid = kid.into();
+            Arc::new(e)
+        };
+        let now = 1_000_000;
+        let ring = KeyRing::new(vec![
+            entry("old", now - 10_000),
+            entry("current", now - 100),
+            entry("next", now + 50),
+        ]);
+        assert_eq!(ring.signing_key(now).unwrap().kid, "current");
+        assert_eq!(ring.jwks().keys.len(), 3, "the next key is published before it signs");
+        assert_eq!(ring.retired_at(0, now), Some(now - 100));
+        assert_eq!(ring.retired_at(1, now), None, "next has not activated yet");
+        // "old" retired 100 s ago: still needed with a 900 s token lifetime, gone with 10 s.
+        assert!(ring.expired(now, 900).is_empty());
+        assert_eq!(ring.expired(now, 10), vec!["old".to_string()]);
+        assert_eq!(ring.signing_key(now + 60).unwrap().kid, "next");
+    }
+
     fn issuer_with(alg: SigningAlgorithm) -> TokenIssuer {
         let (_, entry) = generate_key(alg, 0).unwrap();
         TokenIssuer {
@@ -476,6 +639,10 @@ mod tests {
             algorithm: alg,
             ring: RwLock::new(Arc::new(KeyRing::new(vec![Arc::new(entry)]))),
             store: None,
+            rotation_interval_secs: 86400,
+            publish_ahead_secs: 600,
+            cache: VerifiedCache::new(),
+            last_forced_reload: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -492,7 +659,7 @@ mod tests {
     fn es256_and_eddsa_tokens_round_trip() {
         for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
             let issuer = issuer_with(alg);
-            let (token, claims) = issuer.mint("sid-1", &profile()).unwrap();
+            let (token, claims) = issuer.mint("sid-1", &profile(), i64::MAX).unwrap();
             let header = jsonwebtoken::decode_header(&token).unwrap();
             assert_eq!(header.alg, jwt_algorithm(alg));
             assert!(header.kid.is_some());
@@ -511,13 +678,13 @@ mod tests {
     fn tampered_foreign_and_malformed_tokens_are_rejected() {
         let issuer = issuer_with(SigningAlgorithm::Es256);
         let other = issuer_with(SigningAlgorithm::Es256);
-        let (token, _) = issuer.mint("sid", &profile()).unwrap();
+        let (token, _) = issuer.mint("sid", &profile(), i64::MAX).unwrap();
 
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         parts[1] = parts[1].chars().rev().collect();
         assert!(issuer.verify(&parts.join(".")).is_err());
 
-        let (foreign, _) = other.mint("sid", &profile()).unwrap();
+        let (foreign, _) = other.mint("sid", &profile(), i64::MAX).unwrap();
         assert_eq!(issuer.verify(&foreign), Err(TokenRejection::UnknownKey));
         assert_eq!(issuer.verify("not-a-jwt"), Err(TokenRejection::Malformed));
         assert_eq!(issuer.verify(""), Err(TokenRejection::Malformed));
@@ -527,7 +694,7 @@ mod tests {
     fn alg_none_and_hmac_confusion_are_rejected() {
         use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
         let issuer = issuer_with(SigningAlgorithm::Es256);
-        let (token, _) = issuer.mint("sid", &profile()).unwrap();
+        let (token, _) = issuer.mint("sid", &profile(), i64::MAX).unwrap();
         let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
         let payload = token.split('.').nth(1).unwrap();
         let none_header = B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#));
@@ -539,12 +706,9 @@ mod tests {
         header.kid = Some(kid);
         let claims: serde_json::Value =
             serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
-        let forged = jsonwebtoken::encode(
-            &header,
-            &claims,
-            &EncodingKey::from_secret(jwk_json.as_bytes()),
-        )
-        .unwrap();
+        let forged =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(jwk_json.as_bytes()))
+                .unwrap();
         assert_eq!(issuer.verify(&forged), Err(TokenRejection::BadSignature));
     }
 
@@ -553,31 +717,22 @@ mod tests {
         let issuer = issuer_with(SigningAlgorithm::Es256);
         let ring = issuer.ring();
         let key = ring.signing_key(now()).unwrap();
-        let (_, mut claims) = issuer.mint("sid", &profile()).unwrap();
+        let (_, mut claims) = issuer.mint("sid", &profile(), i64::MAX).unwrap();
         let sign = |c: &Claims| {
             let mut h = Header::new(key.algorithm);
             h.kid = Some(key.kid.clone());
             jsonwebtoken::encode(&h, c, &key.encoding).unwrap()
         };
         claims.aud = "someone-else".into();
-        assert_eq!(
-            issuer.verify(&sign(&claims)),
-            Err(TokenRejection::WrongAudience)
-        );
+        assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::WrongAudience));
         claims.aud = "authgate".into();
         claims.iss = "https://evil.example.com".into();
-        assert_eq!(
-            issuer.verify(&sign(&claims)),
-            Err(TokenRejection::WrongIssuer)
-        );
+        assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::WrongIssuer));
         claims.iss = "https://authgate.example.com".into();
         claims.exp = now() - 3600;
         assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::Expired));
         claims.exp = now() + 3600;
         claims.nbf = now() + 600;
-        assert_eq!(
-            issuer.verify(&sign(&claims)),
-            Err(TokenRejection::NotYetValid)
-        );
+        assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::NotYetValid));
     }
 }

@@ -12,10 +12,14 @@ use crate::{
     auth::{Authenticator, FinishLogin, StartLogin},
     domain::Profile,
     pb::{
-        ExchangeCodeRequest, ExchangeCodeResponse, GetLoginUrlRequest, GetLoginUrlResponse,
-        GetUserInfoRequest, GetUserInfoResponse, UserProfile, auth_service_server::AuthService,
+        ExchangeCodeRequest, ExchangeCodeResponse, GetJwksRequest, GetJwksResponse,
+        GetLoginUrlRequest, GetLoginUrlResponse, GetUserInfoRequest, GetUserInfoResponse,
+        InvalidReason, JsonWebKey, LogoutRequest, LogoutResponse, RefreshSessionRequest,
+        RefreshSessionResponse, TokenClaims, UserProfile, ValidateTokenRequest,
+        ValidateTokenResponse, auth_service_server::AuthService,
     },
     secret::Secret,
+    tokens::{Claims, TokenRejection},
 };
 
 pub use status::status_from;
@@ -46,6 +50,63 @@ impl From<Profile> for UserProfile {
     }
 }
 
+impl From<&Claims> for TokenClaims {
+    fn from(c: &Claims) -> Self {
+        TokenClaims {
+            sub: c.sub.clone(),
+            sid: c.sid.clone(),
+            iss: c.iss.clone(),
+            aud: c.aud.clone(),
+            exp: c.exp,
+            iat: c.iat,
+            jti: c.jti.clone(),
+            email: c.email.clone().unwrap_or_default(),
+            email_verified: c.email_verified.unwrap_or(false),
+            name: c.name.clone().unwrap_or_default(),
+            preferred_username: c.preferred_username.clone().unwrap_or_default(),
+            groups: c.groups.clone(),
+        }
+    }
+}
+
+fn reason(r: TokenRejection) -> InvalidReason {
+    match r {
+        TokenRejection::Malformed => InvalidReason::Malformed,
+        TokenRejection::BadSignature => InvalidReason::BadSignature,
+        TokenRejection::UnknownKey => InvalidReason::UnknownKey,
+        TokenRejection::Expired => InvalidReason::Expired,
+        TokenRejection::NotYetValid => InvalidReason::NotYetValid,
+        TokenRejection::WrongIssuer => InvalidReason::WrongIssuer,
+        TokenRejection::WrongAudience => InvalidReason::WrongAudience,
+        TokenRejection::Revoked => InvalidReason::Revoked,
+    }
+}
+
+/// The JWKS as protobuf keys (every member a string, empty when it does not apply).
+pub fn jwks_message(jwks: &jsonwebtoken::jwk::JwkSet) -> GetJwksResponse {
+    let keys = jwks
+        .keys
+        .iter()
+        .map(|k| {
+            let v = serde_json::to_value(k).unwrap_or_default();
+            let field =
+                |name: &str| v.get(name).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            JsonWebKey {
+                kty: field("kty"),
+                kid: field("kid"),
+                alg: field("alg"),
+                r#use: field("use"),
+                crv: field("crv"),
+                x: field("x"),
+                y: field("y"),
+                n: field("n"),
+                e: field("e"),
+            }
+        })
+        .collect();
+    GetJwksResponse { keys, jwks_json: serde_json::to_string(jwks).unwrap_or_default() }
+}
+
 fn non_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
@@ -57,10 +118,7 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
             "missing `authorization: Bearer <access_token>` metadata; pass the access_token returned by ExchangeCode",
         )
     };
-    let value = request
-        .metadata()
-        .get("authorization")
-        .ok_or_else(missing)?;
+    let value = request.metadata().get("authorization").ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
     match value.split_once(' ') {
         Some((scheme, token))
@@ -96,10 +154,7 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(GetLoginUrlResponse {
             login_url: started.login_url,
             state: started.state,
-            expires_at: Some(prost_types::Timestamp {
-                seconds: started.expires_at,
-                nanos: 0,
-            }),
+            expires_at: Some(prost_types::Timestamp { seconds: started.expires_at, nanos: 0 }),
             binding: started.binding.expose().clone(),
         }))
     }
@@ -127,6 +182,11 @@ impl AuthService for AuthGrpc {
             expires_in: done.expires_in,
             user: Some(done.profile.into()),
             session_id: done.session_id,
+            refresh_token: done.refresh_token.expose().clone(),
+            session_expires_at: Some(prost_types::Timestamp {
+                seconds: done.session_expires_at,
+                nanos: 0,
+            }),
         }))
     }
 
@@ -136,13 +196,72 @@ impl AuthService for AuthGrpc {
         request: Request<GetUserInfoRequest>,
     ) -> Result<Response<GetUserInfoResponse>, Status> {
         let token = bearer_token(&request)?;
-        let profile = self
+        let profile =
+            self.auth.user_info(&token, request.get_ref().refresh).await.map_err(status_from)?;
+        Ok(Response::new(GetUserInfoResponse { user: Some(profile.into()) }))
+    }
+
+    #[tracing::instrument(name = "ValidateToken", skip_all)]
+    async fn validate_token(
+        &self,
+        request: Request<ValidateTokenRequest>,
+    ) -> Result<Response<ValidateTokenResponse>, Status> {
+        let verdict =
+            self.auth.validate_token(&request.get_ref().token).await.map_err(status_from)?;
+        Ok(Response::new(match verdict {
+            Ok(claims) => ValidateTokenResponse {
+                valid: true,
+                reason: InvalidReason::Unspecified.into(),
+                message: String::new(),
+                claims: Some(claims.as_ref().into()),
+            },
+            Err(r) => ValidateTokenResponse {
+                valid: false,
+                reason: reason(r).into(),
+                message: r.to_string(),
+                claims: None,
+            },
+        }))
+    }
+
+    #[tracing::instrument(name = "GetJwks", skip_all)]
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(jwks_message(&self.auth.tokens().jwks())))
+    }
+
+    #[tracing::instrument(name = "RefreshSession", skip_all)]
+    async fn refresh_session(
+        &self,
+        request: Request<RefreshSessionRequest>,
+    ) -> Result<Response<RefreshSessionResponse>, Status> {
+        let handle = Secret::new(request.into_inner().refresh_token);
+        let done = self.auth.refresh_session(&handle).await.map_err(status_from)?;
+        Ok(Response::new(RefreshSessionResponse {
+            access_token: done.access_token.expose().clone(),
+            token_type: "Bearer".into(),
+            expires_in: done.claims.exp - done.claims.iat,
+            refresh_token: done.refresh_token.expose().clone(),
+            user: Some(done.profile.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "Logout", skip_all)]
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let token = bearer_token(&request)?;
+        let r = request.into_inner();
+        let url = self
             .auth
-            .user_info(&token, request.get_ref().refresh)
+            .logout(&token, non_empty(r.post_logout_redirect_uri), non_empty(r.state))
             .await
             .map_err(status_from)?;
-        Ok(Response::new(GetUserInfoResponse {
-            user: Some(profile.into()),
+        Ok(Response::new(LogoutResponse {
+            end_session_url: url.map(String::from).unwrap_or_default(),
         }))
     }
 }

@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use crate::pb::{ExchangeCodeRequest, ExchangeCodeResponse, GetLoginUrlResponse};
+use crate::pb::{
+    ExchangeCodeRequest, ExchangeCodeResponse, GetLoginUrlResponse, LogoutResponse,
+    RefreshSessionRequest, RefreshSessionResponse, ValidateTokenRequest,
+};
 
 const REDACTED: &str = "[redacted]";
 
@@ -37,7 +40,40 @@ impl fmt::Debug for ExchangeCodeResponse {
             .field("expires_in", &self.expires_in)
             .field("user", &self.user)
             .field("session_id", &self.session_id)
+            .field("refresh_token", &REDACTED)
+            .field("session_expires_at", &self.session_expires_at)
             .finish()
+    }
+}
+
+impl fmt::Debug for ValidateTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateTokenRequest").field("token", &REDACTED).finish()
+    }
+}
+
+impl fmt::Debug for RefreshSessionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshSessionRequest").field("refresh_token", &REDACTED).finish()
+    }
+}
+
+impl fmt::Debug for RefreshSessionResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshSessionResponse")
+            .field("access_token", &REDACTED)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &REDACTED)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LogoutResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL carries the provider's ID token as id_token_hint.
+        f.debug_struct("LogoutResponse").field("end_session_url", &REDACTED).finish()
     }
 }
 
@@ -59,15 +95,9 @@ mod tests {
                 && !text.contains("the-state")
                 && !text.contains("the-binding")
         );
-        let resp = ExchangeCodeResponse {
-            access_token: "eyJ.secret".into(),
-            ..Default::default()
-        };
+        let resp = ExchangeCodeResponse { access_token: "eyJ.secret".into(), ..Default::default() };
         assert!(!format!("{resp:?}").contains("eyJ.secret"));
-        let login = GetLoginUrlResponse {
-            binding: "b1nd".into(),
-            ..Default::default()
-        };
+        let login = GetLoginUrlResponse { binding: "b1nd".into(), ..Default::default() };
         assert!(!format!("{login:?}").contains("b1nd"));
     }
 }

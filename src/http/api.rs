@@ -28,12 +28,7 @@ pub async fn login(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Res
                 return_to: None,
                 scopes: p
                     .get("scope")
-                    .map(|s| {
-                        s.split(' ')
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
+                    .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect())
                     .unwrap_or_default(),
                 prompt: p.get("prompt").cloned(),
                 login_hint: p.get("login_hint").cloned(),
@@ -48,10 +43,7 @@ pub async fn login(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Res
                 .unwrap_or_default();
             (
                 AppendHeaders([
-                    (
-                        header::SET_COOKIE,
-                        browser::login_cookie(&s, Some(&started.binding)),
-                    ),
+                    (header::SET_COOKIE, browser::login_cookie(&s, Some(&started.binding))),
                     (header::CACHE_CONTROL, "no-store".to_string()),
                 ]),
                 Json(json!({
@@ -130,9 +122,7 @@ pub fn provider_error(error: &str, description: Option<&String>) -> AuthError {
     AuthError::Unauthenticated(format!(
         "the identity provider ended the sign-in with `{}`{}; start a new login",
         clip(error),
-        description
-            .map(|d| format!(": {}", clip(d)))
-            .unwrap_or_default()
+        description.map(|d| format!(": {}", clip(d))).unwrap_or_default()
     ))
 }
 
@@ -155,11 +145,9 @@ pub async fn userinfo(
         .map(|(_, token)| token.trim().to_string());
     let result = match (bearer, cookie(&headers, &browser::session_cookie_name(&s))) {
         (Some(token), _) => s.auth.user_info(&token, refresh).await,
-        (None, Some(cookie)) => s
-            .auth
-            .authenticate_cookie(&cookie)
-            .await
-            .map(|(_, profile)| profile),
+        (None, Some(cookie)) => {
+            s.auth.authenticate_cookie(&cookie).await.map(|(_, profile)| profile)
+        }
         (None, None) => {
             return json_error(
                 StatusCode::UNAUTHORIZED,
@@ -169,11 +157,9 @@ pub async fn userinfo(
         }
     };
     match result {
-        Ok(profile) => (
-            AppendHeaders([(header::CACHE_CONTROL, "no-store")]),
-            Json(profile),
-        )
-            .into_response(),
+        Ok(profile) => {
+            (AppendHeaders([(header::CACHE_CONTROL, "no-store")]), Json(profile)).into_response()
+        }
         Err(e) => error_response(e, true),
     }
 }

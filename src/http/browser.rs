@@ -22,11 +22,7 @@ const SESSION_COOKIE: &str = "authgate_session";
 /// Over https, cookies get the `__Host-` prefix: Secure, no Domain, Path=/ — so no sibling
 /// subdomain can set or overwrite them.
 fn cookie_name(s: &HttpState, base: &str) -> String {
-    if s.auth.config().secure_cookies() {
-        format!("__Host-{base}")
-    } else {
-        base.to_string()
-    }
+    if s.auth.config().secure_cookies() { format!("__Host-{base}") } else { base.to_string() }
 }
 
 pub fn login_cookie_name(s: &HttpState) -> String {
@@ -40,40 +36,25 @@ pub fn session_cookie_name(s: &HttpState) -> String {
 /// `Set-Cookie` for a cookie; `None` deletes it. HttpOnly, SameSite=Lax (it must survive the
 /// top-level redirect back from the provider), Secure over https.
 fn set_cookie(s: &HttpState, base: &str, value: Option<&Secret<String>>, max_age: u64) -> String {
-    let secure = if s.auth.config().secure_cookies() {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if s.auth.config().secure_cookies() { "; Secure" } else { "" };
     match value {
         Some(v) => format!(
             "{}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
             cookie_name(s, base),
             v.expose()
         ),
-        None => format!(
-            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}",
-            cookie_name(s, base)
-        ),
+        None => {
+            format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}", cookie_name(s, base))
+        }
     }
 }
 
 pub fn login_cookie(s: &HttpState, binding: Option<&Secret<String>>) -> String {
-    set_cookie(
-        s,
-        LOGIN_COOKIE,
-        binding,
-        s.auth.config().attempt_ttl.as_secs(),
-    )
+    set_cookie(s, LOGIN_COOKIE, binding, s.auth.config().attempt_ttl.as_secs())
 }
 
 fn session_cookie(s: &HttpState, handle: Option<&Secret<String>>) -> String {
-    set_cookie(
-        s,
-        SESSION_COOKIE,
-        handle,
-        s.auth.config().session_ttl.as_secs(),
-    )
+    set_cookie(s, SESSION_COOKIE, handle, s.auth.config().session_ttl.as_secs())
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, AuthError> {
@@ -101,10 +82,7 @@ pub async fn login(
         let mut response = StatusCode::FOUND.into_response();
         let h = response.headers_mut();
         h.insert(header::LOCATION, header_value(&started.login_url)?);
-        h.insert(
-            header::SET_COOKIE,
-            header_value(&login_cookie(&s, Some(&started.binding)))?,
-        );
+        h.insert(header::SET_COOKIE, header_value(&login_cookie(&s, Some(&started.binding)))?);
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok::<_, AuthError>(response)
     }
@@ -162,12 +140,49 @@ pub async fn callback(
     result.unwrap_or_else(|e| error_response(e, as_json))
 }
 
+/// `POST /authorization-code/logout`: ends the cookie session (revoked everywhere, provider
+/// refresh token revoked), clears the cookie and sends the browser to the provider's
+/// end-session URL (or answers `{"end_session_url": ...}` to a fetch). A POST, so that a
+/// cross-site page cannot log the user out (the SameSite=Lax cookie is not sent with it).
+pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let as_json = wants_json(&headers);
+    let result = async {
+        let url = match cookie(&headers, &session_cookie_name(&s)) {
+            Some(c) => match s.auth.logout_cookie(&c).await {
+                Ok(url) => url.map(String::from),
+                // Already ended: logging out again is not an error.
+                Err(AuthError::SessionEnded | AuthError::Unauthenticated(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let target = url
+            .clone()
+            .or_else(|| s.auth.config().post_logout_redirect_uris.first().cloned())
+            .unwrap_or_else(|| "/".into());
+        let mut response = if as_json {
+            Json(serde_json::json!({ "end_session_url": url })).into_response()
+        } else {
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            r.headers_mut().insert(header::LOCATION, header_value(&target)?);
+            r
+        };
+        let h = response.headers_mut();
+        h.append(header::SET_COOKIE, header_value(&session_cookie(&s, None))?);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok::<_, AuthError>(response)
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(e, as_json))
+}
+
 /// `GET /`: who is signed in through the browser session cookie (the default post-login page).
 pub async fn home(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let body = match cookie(&headers, &session_cookie_name(&s)) {
         Some(c) => match s.auth.authenticate_cookie(&c).await {
             Ok((_, profile)) => format!(
-                "<p id=\"signed-in\">Signed in as <strong>{}</strong> ({}).</p><p>Groups: {}</p>",
+                "<p id=\"signed-in\">Signed in as <strong>{}</strong> ({}).</p><p>Groups: {}</p>\
+                 <form method=\"post\" action=\"/authorization-code/logout\"><button id=\"sign-out\">Sign out</button></form>",
                 escape(profile.name.as_deref().unwrap_or(&profile.sub)),
                 escape(profile.email.as_deref().unwrap_or("no email")),
                 escape(&profile.groups.unwrap_or_default().join(", ")),
@@ -180,9 +195,7 @@ pub async fn home(State(s): State<HttpState>, headers: HeaderMap) -> Response {
         None => signed_out(),
     };
     let mut response = Html(page("authgate", &body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -5,6 +5,8 @@
 //!   provider, attempt bound to an HttpOnly cookie) and `GET /authorization-code/callback`
 //!   (exchange, HttpOnly session cookie, 302 to the post-login URL — or JSON when asked);
 //! - the JSON SPA flow, [`api`]: `GET /api/login`, `GET /api/callback`, `GET /api/userinfo`;
+//! - keys and logout for the fleet, [`keys`]: `GET /.well-known/jwks.json`,
+//!   `GET /.well-known/openid-configuration`, `POST /backchannel-logout`;
 //! - liveness and readiness: `GET /healthz`, `GET /readyz`.
 //!
 //! Errors are JSON (`{"error": "...", "message": "..."}`) or, for a browser navigating, a small
@@ -13,6 +15,7 @@
 
 mod api;
 mod browser;
+mod keys;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -21,7 +24,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -45,9 +48,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(browser::home))
         .route("/authorization-code/login", get(browser::login))
         .route("/authorization-code/callback", get(browser::callback))
+        .route("/authorization-code/logout", post(browser::logout))
         .route("/api/login", get(api::login))
         .route("/api/callback", get(api::callback))
         .route("/api/userinfo", get(api::userinfo))
+        .route("/.well-known/jwks.json", get(keys::jwks))
+        .route("/.well-known/openid-configuration", get(keys::openid_configuration))
+        .route("/backchannel-logout", post(keys::backchannel_logout))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -55,11 +62,8 @@ pub fn router(state: HttpState) -> Router {
 
 /// A JSON error body: `{"error": "<code>", "message": "<what to fix>"}`.
 pub fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let mut response = (
-        status,
-        Json(json!({ "error": code, "message": message.into() })),
-    )
-        .into_response();
+    let mut response =
+        (status, Json(json!({ "error": code, "message": message.into() }))).into_response();
     decorate_error(&mut response);
     response
 }
@@ -130,15 +134,9 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.to_ascii_lowercase().contains(needle))
     };
     has(header::ACCEPT, "application/json")
-        || has(
-            header::HeaderName::from_static("x-requested-with"),
-            "xmlhttprequest",
-        )
+        || has(header::HeaderName::from_static("x-requested-with"), "xmlhttprequest")
         || has(header::HeaderName::from_static("sec-fetch-mode"), "cors")
-        || has(
-            header::HeaderName::from_static("sec-fetch-mode"),
-            "same-origin",
-        )
+        || has(header::HeaderName::from_static("sec-fetch-mode"), "same-origin")
 }
 
 /// Longest query string accepted.
@@ -221,11 +219,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         "database": r.database.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
         "provider": r.provider.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
     });
-    let status = if r.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
@@ -244,14 +238,8 @@ mod tests {
     #[test]
     fn cookies_are_found_by_exact_name() {
         let mut headers = HeaderMap::new();
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_static("x=1; authgate_login=abc"),
-        );
-        headers.append(
-            header::COOKIE,
-            HeaderValue::from_static("authgate_login_other=zzz"),
-        );
+        headers.append(header::COOKIE, HeaderValue::from_static("x=1; authgate_login=abc"));
+        headers.append(header::COOKIE, HeaderValue::from_static("authgate_login_other=zzz"));
         assert_eq!(cookie(&headers, "authgate_login").as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "missing"), None);
     }

@@ -41,6 +41,19 @@ pub struct ProviderTokens {
     pub expires_at: Option<i64>,
 }
 
+/// The claims of a validated back-channel logout token that select the sessions to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutTarget {
+    /// The provider's session id, when the token names one.
+    pub sid: Option<String>,
+    /// The user, when the token names one.
+    pub sub: Option<String>,
+    /// The token's unique id (for replay detection).
+    pub jti: String,
+    /// Until when the `jti` must be remembered (unix seconds).
+    pub remember_until: i64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// Discovery has not succeeded yet (start-up, or the provider was down from the start).
@@ -51,10 +64,7 @@ pub enum ProviderError {
     Unreachable(String),
     /// The provider answered with an OAuth error (e.g. `invalid_grant`).
     #[error("the identity provider rejected the request: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Rejected {
-        error: String,
-        description: Option<String>,
-    },
+    Rejected { error: String, description: Option<String> },
     /// The ID token (or userinfo response) failed validation.
     #[error("the identity provider's ID token is not valid: {0}")]
     InvalidIdToken(String),
@@ -93,4 +103,30 @@ pub trait IdentityProvider: Send + Sync + 'static {
 
     /// A readiness probe: the discovery document answers.
     async fn check(&self) -> Result<(), ProviderError>;
+
+    /// Redeems a provider refresh token (the provider may rotate it).
+    async fn refresh(
+        &self,
+        refresh_token: &Secret<String>,
+    ) -> Result<ProviderTokens, ProviderError>;
+
+    /// Revokes a provider refresh token at the revocation endpoint (RFC 7009). `Ok` when the
+    /// provider has no revocation endpoint.
+    async fn revoke_refresh_token(
+        &self,
+        refresh_token: &Secret<String>,
+    ) -> Result<(), ProviderError>;
+
+    /// The provider's RP-initiated logout URL, if it has an `end_session_endpoint`.
+    fn end_session_url(
+        &self,
+        id_token_hint: Option<&Secret<String>>,
+        post_logout_redirect_uri: Option<&str>,
+        state: Option<&str>,
+    ) -> Option<Url>;
+
+    /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.6):
+    /// signature with the provider's JWKS, `iss`, `aud`, `iat`, `exp`, the logout event, no
+    /// `nonce`, and `sid` and/or `sub`. Replay detection (`jti`) is the caller's.
+    async fn validate_logout_token(&self, token: &str) -> Result<LogoutTarget, ProviderError>;
 }

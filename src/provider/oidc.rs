@@ -17,8 +17,8 @@ use openidconnect::{
     AuthenticationFlow, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl,
     LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
-    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
-    SubjectIdentifier, TokenResponse, UserInfoError,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, SubjectIdentifier, TokenResponse, UserInfoError,
     core::{
         CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
         CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use url::Url;
 
-use super::{AuthorizationRequest, IdentityProvider, ProviderError, ProviderLogin, ProviderTokens};
+use super::{
+    AuthorizationRequest, IdentityProvider, LogoutTarget, ProviderError, ProviderLogin,
+    ProviderTokens,
+};
 use crate::{
     config::{ClientAuthMethod, ProviderConfig},
     domain::Profile,
@@ -214,9 +217,7 @@ impl OidcProvider {
         let client: OidcClient = Client::from_provider_metadata(
             metadata.clone(),
             ClientId::new(self.config.client_id.clone()),
-            Some(ClientSecret::new(
-                self.config.client_secret.expose().clone(),
-            )),
+            Some(ClientSecret::new(self.config.client_secret.expose().clone())),
         )
         .set_token_uri(token_url)
         .set_auth_type(match self.config.client_auth_method {
@@ -225,37 +226,25 @@ impl OidcProvider {
         });
         *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = metadata.jwks().clone();
         *self.jwks_fetched_at.lock().await = Some(Instant::now());
-        *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Discovered {
-            client,
-            metadata,
-            allowed_algs,
-        }));
+        *self.discovered.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Discovered { client, metadata, allowed_algs }));
         info!("provider discovery complete");
         Ok(())
     }
 
     fn discovered(&self) -> Result<Arc<Discovered>, ProviderError> {
-        self.discovered
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                ProviderError::NotReady(format!(
-                    "discovery of {} has not succeeded yet (last error: {})",
-                    self.config.issuer,
-                    self.last_error.read().unwrap_or_else(|e| e.into_inner())
-                ))
-            })
+        self.discovered.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            ProviderError::NotReady(format!(
+                "discovery of {} has not succeeded yet (last error: {})",
+                self.config.issuer,
+                self.last_error.read().unwrap_or_else(|e| e.into_inner())
+            ))
+        })
     }
 
     /// The provider's `end_session_endpoint`, if it advertises one.
     pub fn end_session_endpoint(&self) -> Option<String> {
-        self.discovered()
-            .ok()?
-            .metadata
-            .additional_metadata()
-            .end_session_endpoint
-            .clone()
+        self.discovered().ok()?.metadata.additional_metadata().end_session_endpoint.clone()
     }
 
     /// Refetches the JWKS unless it was fetched within [`JWKS_REFETCH_INTERVAL`].
@@ -271,6 +260,40 @@ impl OidcProvider {
         info!(keys = jwks.keys().len(), "provider JWKS refetched");
         *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = jwks;
         Ok(())
+    }
+
+    /// The provider's JWKS in `jsonwebtoken`'s form, for tokens openidconnect does not model
+    /// (back-channel logout tokens).
+    fn jwk_set(&self) -> Result<jsonwebtoken::jwk::JwkSet, ProviderError> {
+        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        serde_json::to_value(&jwks).and_then(serde_json::from_value).map_err(|e| {
+            ProviderError::BadResponse(format!("the provider's JWKS is unusable: {e}"))
+        })
+    }
+
+    /// Client authentication for the calls authgate makes by hand (revocation).
+    fn authenticate(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&str, String)>,
+    ) -> reqwest::RequestBuilder {
+        match self.config.client_auth_method {
+            ClientAuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: form-urlencode the id and secret before base64.
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                request.basic_auth(
+                    enc(&self.config.client_id),
+                    Some(enc(self.config.client_secret.expose())),
+                )
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                form.push(("client_id", self.config.client_id.clone()));
+                form.push(("client_secret", self.config.client_secret.expose().clone()));
+                request
+            }
+        }
     }
 
     fn verify_id_token(
@@ -321,18 +344,14 @@ impl OidcProvider {
                 )));
             }
             None if claims.audiences().len() > 1 => {
-                return Err(E::InvalidAudience(
-                    "several audiences but no azp claim".into(),
-                ));
+                return Err(E::InvalidAudience("several audiences but no azp claim".into()));
             }
             _ => {}
         }
         // OIDC Core 3.1.3.8: at_hash, when present, must match the access token.
         if let Some(expected) = claims.access_token_hash() {
             let alg = id_token.signing_alg().map_err(E::SignatureVerification)?;
-            let key = id_token
-                .signing_key(&verifier)
-                .map_err(E::SignatureVerification)?;
+            let key = id_token.signing_key(&verifier).map_err(E::SignatureVerification)?;
             let actual = AccessTokenHash::from_token(access_token, alg, key)
                 .map_err(|e| E::Other(format!("cannot compute at_hash: {e}")))?;
             if actual != *expected {
@@ -341,22 +360,15 @@ impl OidcProvider {
         }
 
         let localized = |c: Option<&openidconnect::LocalizedClaim<_>>| {
-            c.and_then(|c| c.get(None))
-                .map(|v: &openidconnect::EndUserName| v.to_string())
+            c.and_then(|c| c.get(None)).map(|v: &openidconnect::EndUserName| v.to_string())
         };
         let profile = Profile {
             sub: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
             email_verified: claims.email_verified(),
             name: localized(claims.name()),
-            given_name: claims
-                .given_name()
-                .and_then(|c| c.get(None))
-                .map(|v| v.to_string()),
-            family_name: claims
-                .family_name()
-                .and_then(|c| c.get(None))
-                .map(|v| v.to_string()),
+            given_name: claims.given_name().and_then(|c| c.get(None)).map(|v| v.to_string()),
+            family_name: claims.family_name().and_then(|c| c.get(None)).map(|v| v.to_string()),
             preferred_username: claims.preferred_username().map(|u| u.to_string()),
             groups: claims.additional_claims().groups.clone(),
         };
@@ -370,9 +382,7 @@ fn claims_sid<T: Serialize>(id_token: &T) -> Option<String> {
     let compact = serde_json::to_value(id_token).ok()?;
     let payload = compact.as_str()?.split('.').nth(1)?;
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     value.get("sid")?.as_str().map(str::to_string)
 }
@@ -549,9 +559,7 @@ impl IdentityProvider for OidcProvider {
             provider_sid,
             tokens: ProviderTokens {
                 access_token,
-                refresh_token: response
-                    .refresh_token()
-                    .map(|t| Secret::new(t.secret().clone())),
+                refresh_token: response.refresh_token().map(|t| Secret::new(t.secret().clone())),
                 id_token: Some(Secret::new(id_token.to_string())),
                 expires_at,
             },
@@ -574,10 +582,8 @@ impl IdentityProvider for OidcProvider {
             .map_err(|_| {
                 ProviderError::BadResponse("the provider has no userinfo_endpoint".into())
             })?;
-        let claims: openidconnect::UserInfoClaims<GroupsClaim, CoreGenderClaim> = request
-            .request_async(&self.http)
-            .await
-            .map_err(|e| match e {
+        let claims: openidconnect::UserInfoClaims<GroupsClaim, CoreGenderClaim> =
+            request.request_async(&self.http).await.map_err(|e| match e {
                 UserInfoError::ClaimsVerification(inner) => ProviderError::InvalidIdToken(format!(
                     "userinfo does not belong to the signed-in user: {inner}"
                 )),
@@ -604,20 +610,173 @@ impl IdentityProvider for OidcProvider {
             sub: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
             email_verified: claims.email_verified(),
-            name: claims
-                .name()
-                .and_then(|c| c.get(None))
-                .map(|v| v.to_string()),
-            given_name: claims
-                .given_name()
-                .and_then(|c| c.get(None))
-                .map(|v| v.to_string()),
-            family_name: claims
-                .family_name()
-                .and_then(|c| c.get(None))
-                .map(|v| v.to_string()),
+            name: claims.name().and_then(|c| c.get(None)).map(|v| v.to_string()),
+            given_name: claims.given_name().and_then(|c| c.get(None)).map(|v| v.to_string()),
+            family_name: claims.family_name().and_then(|c| c.get(None)).map(|v| v.to_string()),
             preferred_username: claims.preferred_username().map(|u| u.to_string()),
             groups: claims.additional_claims().groups.clone(),
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(
+        &self,
+        refresh_token: &Secret<String>,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let d = self.discovered()?;
+        let token = RefreshToken::new(refresh_token.expose().clone());
+        let response = d
+            .client
+            .exchange_refresh_token(&token)
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let expires_at = response
+            .expires_in()
+            .map(|d| Utc::now().timestamp() + i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+        Ok(ProviderTokens {
+            access_token: Secret::new(response.access_token().secret().clone()),
+            // Providers that do not rotate return no new refresh token: keep using the old one.
+            refresh_token: Some(Secret::new(
+                response
+                    .refresh_token()
+                    .map(|t| t.secret().clone())
+                    .unwrap_or_else(|| refresh_token.expose().clone()),
+            )),
+            id_token: response.id_token().map(|t| Secret::new(t.to_string())),
+            expires_at,
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_refresh_token(
+        &self,
+        refresh_token: &Secret<String>,
+    ) -> Result<(), ProviderError> {
+        let d = self.discovered()?;
+        let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone() else {
+            return Ok(());
+        };
+        let mut form = vec![
+            ("token", refresh_token.expose().clone()),
+            ("token_type_hint", "refresh_token".to_string()),
+        ];
+        let request = self.authenticate(self.http.post(&endpoint), &mut form);
+        let response = request.form(&form).send().await.map_err(|e| {
+            ProviderError::Unreachable(format!("revocation request failed: {}", error_chain(&e)))
+        })?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            status => Err(ProviderError::BadResponse(format!("revocation answered HTTP {status}"))),
+        }
+    }
+
+    fn end_session_url(
+        &self,
+        id_token_hint: Option<&Secret<String>>,
+        post_logout_redirect_uri: Option<&str>,
+        state: Option<&str>,
+    ) -> Option<Url> {
+        let endpoint = self.end_session_endpoint()?;
+        let mut url = Url::parse(&endpoint).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint.expose());
+            }
+            q.append_pair("client_id", &self.config.client_id);
+            if let Some(uri) = post_logout_redirect_uri {
+                q.append_pair("post_logout_redirect_uri", uri);
+            }
+            if let Some(state) = state {
+                q.append_pair("state", state);
+            }
+        }
+        Some(url)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn validate_logout_token(&self, token: &str) -> Result<LogoutTarget, ProviderError> {
+        const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+        let invalid = |m: &str| ProviderError::InvalidIdToken(format!("logout token: {m}"));
+        let d = self.discovered()?;
+        if token.len() > 16 * 1024 {
+            return Err(invalid("longer than 16 KiB"));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
+        if let Some(typ) = &header.typ {
+            if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("JWT") {
+                return Err(invalid("typ must be logout+jwt"));
+            }
+        }
+        let alg_name = serde_json::to_value(header.alg)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let allowed = d.allowed_algs.iter().any(|a| {
+            serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).as_deref()
+                == Some(alg_name.as_str())
+        });
+        if !allowed {
+            return Err(invalid(&format!("algorithm `{alg_name}` is not allowed")));
+        }
+        let find_key = |set: &jsonwebtoken::jwk::JwkSet| match &header.kid {
+            Some(kid) => set.find(kid).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        };
+        let jwk = match find_key(&self.jwk_set()?) {
+            Some(k) => k,
+            None => {
+                self.refetch_jwks(&d).await?;
+                find_key(&self.jwk_set()?)
+                    .ok_or_else(|| invalid("signed by a key that is not in the provider's JWKS"))?
+            }
+        };
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| invalid("unusable key"))?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.client_id]);
+        validation.set_required_spec_claims(&["iss", "aud"]);
+        validation.leeway = self.config.clock_skew.as_secs();
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                invalid(match e.kind() {
+                    K::InvalidIssuer => "wrong issuer",
+                    K::InvalidAudience => "wrong audience",
+                    K::ExpiredSignature => "expired",
+                    K::InvalidSignature => "bad signature",
+                    K::MissingRequiredClaim(_) => "missing iss or aud",
+                    _ => "does not verify",
+                })
+            })?
+            .claims;
+        let now = Utc::now().timestamp();
+        let skew = self.config.clock_skew.as_secs() as i64;
+        let iat =
+            claims.get("iat").and_then(|v| v.as_i64()).ok_or_else(|| invalid("missing iat"))?;
+        if iat > now + skew || iat < now - MAX_ID_TOKEN_AGE.as_secs() as i64 - skew {
+            return Err(invalid("iat is outside the accepted window"));
+        }
+        if !claims.get("events").and_then(|e| e.get(EVENT)).is_some_and(|v| v.is_object()) {
+            return Err(invalid("the events claim lacks the back-channel logout event"));
+        }
+        if claims.get("nonce").is_some() {
+            return Err(invalid("a logout token must not contain a nonce"));
+        }
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(String::from);
+        let (sid, sub) = (text("sid"), text("sub"));
+        if sid.is_none() && sub.is_none() {
+            return Err(invalid("neither sid nor sub is present"));
+        }
+        let jti = text("jti").ok_or_else(|| invalid("missing jti"))?;
+        let exp = claims.get("exp").and_then(|v| v.as_i64());
+        Ok(LogoutTarget {
+            sid,
+            sub,
+            jti,
+            remember_until: exp.unwrap_or(iat + MAX_ID_TOKEN_AGE.as_secs() as i64) + skew,
         })
     }
 

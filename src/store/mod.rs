@@ -56,6 +56,17 @@ pub enum Consumed {
     NotFound,
 }
 
+/// What presenting a refresh handle found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// The handle was unused and is now marked used; it belongs to this session.
+    Fresh(String),
+    /// The handle was already used: a replay, which revokes this session.
+    Reused(String),
+    /// No such handle.
+    NotFound,
+}
+
 /// A signed-in user's session.
 #[derive(Clone, sqlx::FromRow)]
 pub struct SessionRecord {
@@ -272,8 +283,82 @@ impl Store {
         on_backend!(self, s => s.count_pending_attempts(now).await)
     }
 
-    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        on_backend!(self, s => s.insert_session(session).await)
+    /// Inserts a session and its first refresh handle, atomically.
+    pub async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        refresh_handle_hash: &[u8],
+    ) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_session(session, refresh_handle_hash).await)
+    }
+
+    /// Marks a refresh handle used, exactly once (see [`RefreshUse`]).
+    pub async fn use_refresh_handle(
+        &self,
+        handle_hash: &[u8],
+        now: i64,
+    ) -> Result<RefreshUse, StoreError> {
+        on_backend!(self, s => s.use_refresh_handle(handle_hash, now).await)
+    }
+
+    /// Un-marks a handle whose use could not complete (the provider was unreachable), so the
+    /// client can retry with it.
+    pub async fn release_refresh_handle(&self, handle_hash: &[u8]) -> Result<(), StoreError> {
+        on_backend!(self, s => s.release_refresh_handle(handle_hash).await)
+    }
+
+    pub async fn insert_refresh_handle(
+        &self,
+        handle_hash: &[u8],
+        session_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_refresh_handle(handle_hash, session_id, now).await)
+    }
+
+    /// Stores rotated provider tokens (encrypted) and the profile.
+    pub async fn update_session_tokens(&self, session: &SessionRecord) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.update_session_tokens(session).await)
+    }
+
+    /// Revokes a session; `false` if it was already revoked or does not exist.
+    pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.revoke_session(id, now).await)
+    }
+
+    /// Revokes the live sessions with this provider session id (`sid`) or, when no `sid` is
+    /// given, with this subject. Returns the revoked session ids.
+    pub async fn revoke_sessions_by_provider(
+        &self,
+        provider_sid: Option<&str>,
+        subject: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, s => s.revoke_sessions_by_provider(provider_sid, subject, now).await)
+    }
+
+    /// Sessions revoked at or after `since`: `(id, revoked_at)`.
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        on_backend!(self, s => s.revoked_since(since).await)
+    }
+
+    /// Records a back-channel logout token's `jti`; `false` if it was seen before (a replay).
+    pub async fn remember_logout_jti(
+        &self,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.remember_logout_jti(jti, expires_at).await)
+    }
+
+    /// Deletes what can no longer matter: sessions ended more than `grace` seconds ago (with
+    /// their refresh handles) and expired logout `jti`s. Returns the number of sessions deleted.
+    pub async fn sweep_ended_sessions(&self, now: i64, grace: i64) -> Result<u64, StoreError> {
+        on_backend!(self, s => s.sweep_ended_sessions(now, grace).await)
+    }
+
+    pub async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+        on_backend!(self, s => s.delete_signing_key(kid).await)
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -2,7 +2,7 @@
 //! both accept `$n` placeholders, `RETURNING`, and the column types used here (BIGINT/INTEGER as
 //! `i64`, BYTEA/BLOB as `Vec<u8>`, TEXT as `String`), so one macro body serves both.
 
-use super::{Consumed, LoginAttempt, SessionRecord, StoreError, StoredSigningKey};
+use super::{Consumed, LoginAttempt, RefreshUse, SessionRecord, StoreError, StoredSigningKey};
 
 const SESSION_COLUMNS: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
      provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at, \
@@ -92,7 +92,12 @@ macro_rules! sql_store {
                     .await?)
             }
 
-            pub async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+            pub async fn insert_session(
+                &self,
+                s: &SessionRecord,
+                refresh_handle_hash: &[u8],
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(&format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -109,8 +114,174 @@ macro_rules! sql_store {
                 .bind(s.expires_at)
                 .bind(s.revoked_at)
                 .bind(&s.cookie_hash)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(refresh_handle_hash)
+                .bind(&s.id)
+                .bind(s.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn use_refresh_handle(
+                &self,
+                handle_hash: &[u8],
+                now: i64,
+            ) -> Result<RefreshUse, StoreError> {
+                let fresh: Option<String> = sqlx::query_scalar(
+                    "UPDATE refresh_handles SET used_at = $2 \
+                     WHERE handle_hash = $1 AND used_at IS NULL RETURNING session_id",
+                )
+                .bind(handle_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(session_id) = fresh {
+                    return Ok(RefreshUse::Fresh(session_id));
+                }
+                let used: Option<String> =
+                    sqlx::query_scalar("SELECT session_id FROM refresh_handles WHERE handle_hash = $1")
+                        .bind(handle_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(used.map_or(RefreshUse::NotFound, RefreshUse::Reused))
+            }
+
+            pub async fn release_refresh_handle(&self, handle_hash: &[u8]) -> Result<(), StoreError> {
+                sqlx::query("UPDATE refresh_handles SET used_at = NULL WHERE handle_hash = $1")
+                    .bind(handle_hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn insert_refresh_handle(
+                &self,
+                handle_hash: &[u8],
+                session_id: &str,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(handle_hash)
+                .bind(session_id)
+                .bind(now)
                 .execute(&self.pool)
                 .await?;
+                Ok(())
+            }
+
+            pub async fn update_session_tokens(&self, s: &SessionRecord) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET profile = $2, provider_access_token = $3, \
+                     provider_refresh_token = $4, provider_id_token = $5, \
+                     provider_token_expires_at = $6 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(&s.id)
+                .bind(&s.profile)
+                .bind(&s.provider_access_token)
+                .bind(&s.provider_refresh_token)
+                .bind(&s.provider_id_token)
+                .bind(s.provider_token_expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn revoke_sessions_by_provider(
+                &self,
+                provider_sid: Option<&str>,
+                subject: Option<&str>,
+                now: i64,
+            ) -> Result<Vec<String>, StoreError> {
+                let query = match (provider_sid, subject) {
+                    (Some(sid), Some(sub)) => sqlx::query_scalar(
+                        "UPDATE sessions SET revoked_at = $3 WHERE provider_sid = $1 AND subject = $2 \
+                         AND revoked_at IS NULL RETURNING id",
+                    )
+                    .bind(sid)
+                    .bind(sub),
+                    (Some(sid), None) => sqlx::query_scalar(
+                        "UPDATE sessions SET revoked_at = $3 WHERE provider_sid = $1 AND $2 IS NULL \
+                         AND revoked_at IS NULL RETURNING id",
+                    )
+                    .bind(sid)
+                    .bind(None::<String>),
+                    (None, Some(sub)) => sqlx::query_scalar(
+                        "UPDATE sessions SET revoked_at = $3 WHERE subject = $1 AND $2 IS NULL \
+                         AND revoked_at IS NULL RETURNING id",
+                    )
+                    .bind(sub)
+                    .bind(None::<String>),
+                    (None, None) => return Ok(Vec::new()),
+                };
+                Ok(query.bind(now).fetch_all(&self.pool).await?)
+            }
+
+            pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            pub async fn remember_logout_jti(&self, jti: &str, expires_at: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO logout_token_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn sweep_ended_sessions(&self, now: i64, grace: i64) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let cutoff = now - grace;
+                sqlx::query(
+                    "DELETE FROM refresh_handles WHERE session_id IN \
+                     (SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1)",
+                )
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+                let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM logout_token_jtis WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            }
+
+            pub async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+                    .bind(kid)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(())
             }
 

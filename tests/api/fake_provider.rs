@@ -81,11 +81,7 @@ fn es256_key(kid: &str) -> Key {
     let encoding = EncodingKey::from_ec_der(der.as_bytes());
     let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
     jwk.common.key_id = Some(kid.to_string());
-    Key {
-        encoding,
-        jwk,
-        kid: kid.to_string(),
-    }
+    Key { encoding, jwk, kid: kid.to_string() }
 }
 
 impl FakeProvider {
@@ -130,11 +126,7 @@ impl FakeProvider {
             let _ = stop_rx.recv();
             rt.shutdown_background();
         });
-        Self {
-            issuer,
-            state,
-            stop: Some(stop_tx),
-        }
+        Self { issuer, state, stop: Some(stop_tx) }
     }
 
     /// Stops serving: the port closes and every open connection is dropped.
@@ -165,16 +157,12 @@ impl FakeProvider {
     /// The provider rotates its signing key: the JWKS now publishes only the second key, and
     /// `Signing::Unpublished` tokens become the validly signed ones.
     pub fn rotate_keys(&self) {
-        self.state
-            .rotated
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.rotated.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many times the JWKS was fetched.
     pub fn jwks_fetches(&self) -> usize {
-        self.state
-            .jwks_fetches
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.state.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn answer_next(&self, answer: TokenAnswer) {
@@ -220,22 +208,15 @@ async fn discovery(State(s): State<Arc<FakeState>>) -> Json<Value> {
 async fn jwks(State(s): State<Arc<FakeState>>) -> Json<Value> {
     use std::sync::atomic::Ordering;
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    let key = if s.rotated.load(Ordering::SeqCst) {
-        &s.unpublished
-    } else {
-        &s.published
-    };
+    let key = if s.rotated.load(Ordering::SeqCst) { &s.unpublished } else { &s.published };
     Json(json!({ "keys": [key.jwk] }))
 }
 
 fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {
     match signing {
         Signing::Published | Signing::Unpublished => {
-            let key = if matches!(signing, Signing::Published) {
-                &s.published
-            } else {
-                &s.unpublished
-            };
+            let key =
+                if matches!(signing, Signing::Published) { &s.published } else { &s.unpublished };
             let mut header = Header::new(Algorithm::ES256);
             // The unpublished key claims a kid that is not in the JWKS either.
             header.kid = Some(key.kid.clone());
@@ -250,12 +231,8 @@ fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {
             let mut header = Header::new(Algorithm::HS256);
             header.kid = Some(s.published.kid.clone());
             let secret = serde_json::to_string(&s.published.jwk).unwrap();
-            jsonwebtoken::encode(
-                &header,
-                claims,
-                &EncodingKey::from_secret(secret.as_bytes()),
-            )
-            .unwrap()
+            jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret.as_bytes()))
+                .unwrap()
         }
     }
 }
@@ -267,10 +244,7 @@ async fn token(
 ) -> Response {
     *s.last_token_request.lock().unwrap() = Some(TokenRequest {
         form,
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(String::from),
     });
     let delay = *s.token_delay.lock().unwrap();
     if let Some(d) = delay {
@@ -288,11 +262,7 @@ async fn token(
         Some(TokenAnswer::Error { status, body }) => {
             (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
         }
-        None => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "invalid_grant"})),
-        )
-            .into_response(),
+        None => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response(),
     }
 }
 

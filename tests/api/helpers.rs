@@ -153,10 +153,7 @@ pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
     let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
         panic!("dev provider did not start ({e}); see target/test-output/dev-provider.log")
     });
-    DevProvider {
-        issuer: ready["issuer"].as_str().unwrap().to_string(),
-        child: Mutex::new(child),
-    }
+    DevProvider { issuer: ready["issuer"].as_str().unwrap().to_string(), child: Mutex::new(child) }
 }
 
 // ------------------------------------------------------------ databases --
@@ -178,21 +175,13 @@ impl TestDatabase {
         use sqlx::Connection;
         let name = format!(
             "authgate_test_{}",
-            authgate::crypto::random_handle(9)
-                .to_lowercase()
-                .replace(['-', '_'], "x")
+            authgate::crypto::random_handle(9).to_lowercase().replace(['-', '_'], "x")
         );
         let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
             .await
             .expect("PostgreSQL must be running at 127.0.0.1:5432 (scripts/test starts it)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        Self {
-            url: format!("{}/{name}", postgres_base()),
-            name,
-        }
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        Self { url: format!("{}/{name}", postgres_base()), name }
     }
 }
 
@@ -202,10 +191,7 @@ impl Drop for TestDatabase {
         let base = postgres_base();
         // Drop from a separate thread with its own runtime (we may be inside a runtime).
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut admin) =
@@ -256,10 +242,7 @@ impl AppOptions {
     }
 
     pub fn with_issuer(issuer: &str) -> Self {
-        Self {
-            issuer: issuer.to_string(),
-            ..Self::real_without_provider()
-        }
+        Self { issuer: issuer.to_string(), ..Self::real_without_provider() }
     }
 
     fn real_without_provider() -> Self {
@@ -361,14 +344,8 @@ pub fn app_env(
     set("AUTHGATE_ISSUER_URL", &opts.issuer);
     set("AUTHGATE_CLIENT_ID", &opts.client_id);
     set("AUTHGATE_CLIENT_SECRET", &opts.client_secret);
-    set(
-        "AUTHGATE_REDIRECT_URIS",
-        &format!("{REDIRECT_URI},{OTHER_REDIRECT_URI}"),
-    );
-    set(
-        "AUTHGATE_CORS_ALLOWED_ORIGINS",
-        "http://127.0.0.1:5173,http://localhost:5173",
-    );
+    set("AUTHGATE_REDIRECT_URIS", &format!("{REDIRECT_URI},{OTHER_REDIRECT_URI}"));
+    set("AUTHGATE_CORS_ALLOWED_ORIGINS", "http://127.0.0.1:5173,http://localhost:5173");
     set("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY);
     set("AUTHGATE_HEALTH_CHECK_INTERVAL", "1");
     set("AUTHGATE_PROVIDER_TIMEOUT", "3");
@@ -404,19 +381,14 @@ pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
         (Some(Db::Postgres(db)), Some(url), None)
     };
     let mut env = app_env(&opts, database_url.as_deref(), sqlite_path.as_deref());
-    env.entry("AUTHGATE_PUBLIC_URL".into())
-        .or_insert(format!("http://{addr}"));
+    env.entry("AUTHGATE_PUBLIC_URL".into()).or_insert(format!("http://{addr}"));
     let config = Config::from_sources(None, &env).unwrap_or_else(|e| panic!("{e}"));
     let app = Application::build(config).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(listener, async move {
         let _ = rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     TestApp {
         addr,
         grpc: AuthServiceClient::new(channel.clone()),
@@ -436,9 +408,7 @@ pub async fn wait_for_health(
     let mut health = app.health.clone();
     for _ in 0..100 {
         let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
             .await
             .map(|r| r.into_inner().status)
             .unwrap_or(-1);
@@ -451,12 +421,7 @@ pub async fn wait_for_health(
 }
 
 pub async fn wait_until_serving(app: &TestApp) {
-    wait_for_health(
-        app,
-        "",
-        tonic_health::pb::health_check_response::ServingStatus::Serving,
-    )
-    .await;
+    wait_for_health(app, "", tonic_health::pb::health_check_response::ServingStatus::Serving).await;
 }
 
 // -------------------------------------------------------- login driver --
@@ -489,15 +454,9 @@ pub async fn sign_in_at_provider(
             if next.as_str().starts_with(redirect_uri) {
                 let q: BTreeMap<String, String> = next.query_pairs().into_owned().collect();
                 if let Some(error) = q.get("error") {
-                    panic!(
-                        "provider returned error {error}: {:?}",
-                        q.get("error_description")
-                    );
+                    panic!("provider returned error {error}: {:?}", q.get("error_description"));
                 }
-                return Callback {
-                    code: q["code"].clone(),
-                    state: q["state"].clone(),
-                };
+                return Callback { code: q["code"].clone(), state: q["state"].clone() };
             }
             url = next;
             response = client.get(url.clone()).send().await.unwrap();
@@ -505,10 +464,7 @@ pub async fn sign_in_at_provider(
         }
         let status = response.status();
         let html = response.text().await.unwrap();
-        assert!(
-            status.is_success(),
-            "provider page {url} answered {status}: {html}"
-        );
+        assert!(status.is_success(), "provider page {url} answered {status}: {html}");
         if html.contains("id=\"username\"") {
             let action = url.join(&form_action(&html, "/login")).unwrap();
             response = client
@@ -520,12 +476,7 @@ pub async fn sign_in_at_provider(
             url = action;
         } else if html.contains("id=\"allow\"") {
             let action = url.join(&form_action(&html, "/confirm")).unwrap();
-            response = client
-                .post(action.clone())
-                .form(&[("allow", "yes")])
-                .send()
-                .await
-                .unwrap();
+            response = client.post(action.clone()).form(&[("allow", "yes")]).send().await.unwrap();
             url = action;
         } else {
             panic!("unexpected provider page at {url}: {html}");
@@ -546,19 +497,13 @@ fn form_action(html: &str, suffix: &str) -> String {
 
 /// Query parameter of a URL.
 pub fn query_param(url: &str, name: &str) -> Option<String> {
-    Url::parse(url)
-        .ok()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    Url::parse(url).ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// Adds `authorization: Bearer` metadata to a request.
 pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
@@ -595,12 +540,7 @@ impl FaultProxy {
                 c.lock().unwrap().push(task);
             }
         });
-        Self {
-            addr,
-            down,
-            connections,
-            accept,
-        }
+        Self { addr, down, connections, accept }
     }
 
     pub fn set_down(&self, down: bool) {

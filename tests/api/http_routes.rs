@@ -26,15 +26,9 @@ fn set_cookies(response: &reqwest::Response) -> Vec<String> {
 /// An app whose own provider registers the app's HTTP callback URL.
 async fn app_with_http_callback() -> (TestApp, DevProvider) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let callback = format!(
-        "http://{}/authorization-code/callback",
-        listener.local_addr().unwrap()
-    );
+    let callback = format!("http://{}/authorization-code/callback", listener.local_addr().unwrap());
     let mut clients = test_clients();
-    clients[0]["redirect_uris"]
-        .as_array_mut()
-        .unwrap()
-        .push(callback.clone().into());
+    clients[0]["redirect_uris"].as_array_mut().unwrap().push(callback.clone().into());
     let provider = start_dev_provider(&clients);
     let app = spawn_app(AppOptions {
         issuer: provider.issuer.clone(),
@@ -51,59 +45,32 @@ async fn the_server_side_flow_sets_an_http_only_session_cookie() {
     let (app, _provider) = app_with_http_callback().await;
     let browser = client();
 
-    let start = browser
-        .get(format!("{}/authorization-code/login", app.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let start =
+        browser.get(format!("{}/authorization-code/login", app.base_url())).send().await.unwrap();
     assert_eq!(start.status(), StatusCode::FOUND);
     let cookies = set_cookies(&start);
-    let login_cookie = cookies
-        .iter()
-        .find(|c| c.starts_with("authgate_login="))
-        .unwrap();
+    let login_cookie = cookies.iter().find(|c| c.starts_with("authgate_login=")).unwrap();
     assert!(
         login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Lax"),
         "{login_cookie}"
     );
     assert!(login_cookie.contains("Max-Age=600"), "{login_cookie}");
-    let location = start.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        query_param(&location, "scope").as_deref(),
-        Some("openid profile email")
-    );
-    assert_eq!(
-        query_param(&location, "code_challenge_method").as_deref(),
-        Some("S256")
-    );
+    let location = start.headers()[header::LOCATION].to_str().unwrap().to_string();
+    assert_eq!(query_param(&location, "scope").as_deref(), Some("openid profile email"));
+    assert_eq!(query_param(&location, "code_challenge_method").as_deref(), Some("S256"));
     let callback_url = format!("{}/authorization-code/callback", app.base_url());
-    assert_eq!(
-        query_param(&location, "redirect_uri").as_deref(),
-        Some(callback_url.as_str())
-    );
+    assert_eq!(query_param(&location, "redirect_uri").as_deref(), Some(callback_url.as_str()));
 
     let cb = sign_in_at_provider(&location, BOB, &callback_url).await;
     let done = browser
-        .get(format!(
-            "{callback_url}?code={}&state={}",
-            cb.code, cb.state
-        ))
+        .get(format!("{callback_url}?code={}&state={}", cb.code, cb.state))
         .send()
         .await
         .unwrap();
     assert_eq!(done.status(), StatusCode::FOUND);
-    assert_eq!(
-        done.headers()[header::LOCATION],
-        format!("{}/", app.base_url())
-    );
+    assert_eq!(done.headers()[header::LOCATION], format!("{}/", app.base_url()));
     let cookies = set_cookies(&done);
-    let session = cookies
-        .iter()
-        .find(|c| c.starts_with("authgate_session="))
-        .unwrap();
+    let session = cookies.iter().find(|c| c.starts_with("authgate_session=")).unwrap();
     assert!(
         session.contains("HttpOnly")
             && session.contains("SameSite=Lax")
@@ -111,25 +78,14 @@ async fn the_server_side_flow_sets_an_http_only_session_cookie() {
         "{session}"
     );
     assert!(
-        cookies
-            .iter()
-            .any(|c| c.starts_with("authgate_login=;") && c.contains("Max-Age=0")),
+        cookies.iter().any(|c| c.starts_with("authgate_login=;") && c.contains("Max-Age=0")),
         "{cookies:?}"
     );
 
     // The cookie authenticates the browser.
-    let home = browser
-        .get(format!("{}/", app.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        home.contains("Signed in as <strong>Bob Brown</strong>"),
-        "{home}"
-    );
+    let home =
+        browser.get(format!("{}/", app.base_url())).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Signed in as <strong>Bob Brown</strong>"), "{home}");
     let me: Value = browser
         .get(format!("{}/api/userinfo", app.base_url()))
         .send()
@@ -143,10 +99,7 @@ async fn the_server_side_flow_sets_an_http_only_session_cookie() {
 
     // Replaying the callback fails cleanly (a page, not a 500).
     let replay = browser
-        .get(format!(
-            "{callback_url}?code={}&state={}",
-            cb.code, cb.state
-        ))
+        .get(format!("{callback_url}?code={}&state={}", cb.code, cb.state))
         .send()
         .await
         .unwrap();
@@ -158,36 +111,22 @@ async fn the_server_side_callback_answers_json_when_asked_and_honours_return_to(
     let (app, _provider) = app_with_http_callback().await;
     let browser = client();
     let start = browser
-        .get(format!(
-            "{}/authorization-code/login?return_to={}/",
-            app.base_url(),
-            app.base_url()
-        ))
+        .get(format!("{}/authorization-code/login?return_to={}/", app.base_url(), app.base_url()))
         .send()
         .await
         .unwrap();
     assert_eq!(start.status(), StatusCode::FOUND);
-    let location = start.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let location = start.headers()[header::LOCATION].to_str().unwrap().to_string();
     let callback_url = format!("{}/authorization-code/callback", app.base_url());
     let cb = sign_in_at_provider(&location, ALICE, &callback_url).await;
     let done = browser
-        .get(format!(
-            "{callback_url}?code={}&state={}",
-            cb.code, cb.state
-        ))
+        .get(format!("{callback_url}?code={}&state={}", cb.code, cb.state))
         .header(header::ACCEPT, "application/json")
         .send()
         .await
         .unwrap();
     assert_eq!(done.status(), StatusCode::OK);
-    assert!(
-        set_cookies(&done)
-            .iter()
-            .any(|c| c.starts_with("authgate_session="))
-    );
+    assert!(set_cookies(&done).iter().any(|c| c.starts_with("authgate_session=")));
     let body: Value = done.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
@@ -206,10 +145,7 @@ async fn the_server_side_callback_answers_json_when_asked_and_honours_return_to(
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "invalid_argument");
-    assert!(
-        body["message"].as_str().unwrap().contains("return_to"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("return_to"), "{body}");
 }
 
 #[tokio::test]
@@ -225,17 +161,9 @@ async fn server_side_callback_errors_are_clear_pages_or_json() {
         .await
         .unwrap();
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
-    assert!(
-        denied.headers()[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(denied.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
     let page = denied.text().await.unwrap();
-    assert!(
-        page.contains("access_denied") && page.contains("User said no"),
-        "{page}"
-    );
+    assert!(page.contains("access_denied") && page.contains("User said no"), "{page}");
 
     let as_json = http
         .get(format!(
@@ -251,54 +179,32 @@ async fn server_side_callback_errors_are_clear_pages_or_json() {
 
     // An HTML page never reflects markup.
     let xss = http
-        .get(format!(
-            "{base}/authorization-code/callback?error=%3Cscript%3Ealert(1)%3C/script%3E"
-        ))
+        .get(format!("{base}/authorization-code/callback?error=%3Cscript%3Ealert(1)%3C/script%3E"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(
-        !xss.contains("<script>") && xss.contains("&lt;script&gt;"),
-        "{xss}"
-    );
+    assert!(!xss.contains("<script>") && xss.contains("&lt;script&gt;"), "{xss}");
 
     // No sign-in cookie.
     let no_cookie = http
-        .get(format!(
-            "{base}/authorization-code/callback?code=abc&state={}",
-            "s".repeat(43)
-        ))
+        .get(format!("{base}/authorization-code/callback?code=abc&state={}", "s".repeat(43)))
         .header(header::ACCEPT, "application/json")
         .send()
         .await
         .unwrap();
     assert_eq!(no_cookie.status(), StatusCode::BAD_REQUEST);
     let body: Value = no_cookie.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("sign-in cookie is missing"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("sign-in cookie is missing"), "{body}");
 
     // A wrong binding cookie for a real attempt: 403, and the attempt survives.
-    let started: Value = http
-        .get(format!("{base}/api/login"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started: Value =
+        http.get(format!("{base}/api/login")).send().await.unwrap().json().await.unwrap();
     let state = started["state"].as_str().unwrap();
     let wrong = reqwest::Client::new()
-        .get(format!(
-            "{base}/authorization-code/callback?code=abc&state={state}"
-        ))
+        .get(format!("{base}/authorization-code/callback?code=abc&state={state}"))
         .header(header::COOKIE, format!("authgate_login={}", "w".repeat(43)))
         .header(header::ACCEPT, "application/json")
         .send()
@@ -307,25 +213,16 @@ async fn server_side_callback_errors_are_clear_pages_or_json() {
     assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
 
     // Repeated and oversized parameters.
-    let repeated = http
-        .get(format!("{base}/api/callback?state=a&state=b&code=c"))
-        .send()
-        .await
-        .unwrap();
+    let repeated =
+        http.get(format!("{base}/api/callback?state=a&state=b&code=c")).send().await.unwrap();
     assert_eq!(repeated.status(), StatusCode::BAD_REQUEST);
     let body: Value = repeated.json().await.unwrap();
     assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("`state` is given more than once"),
+        body["message"].as_str().unwrap().contains("`state` is given more than once"),
         "{body}"
     );
-    let huge = http
-        .get(format!("{base}/api/callback?code={}", "c".repeat(20_000)))
-        .send()
-        .await
-        .unwrap();
+    let huge =
+        http.get(format!("{base}/api/callback?code={}", "c".repeat(20_000))).send().await.unwrap();
     assert_eq!(huge.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -354,10 +251,7 @@ async fn the_json_spa_flow_returns_the_token_response() {
     let cb = sign_in_at_provider(login_url, ALICE, REDIRECT_URI).await;
     // The cookie from /api/login carries the binding.
     let done = http
-        .get(format!(
-            "{base}/api/callback?code={}&state={}",
-            cb.code, cb.state
-        ))
+        .get(format!("{base}/api/callback?code={}&state={}", cb.code, cb.state))
         .send()
         .await
         .unwrap();
@@ -365,10 +259,7 @@ async fn the_json_spa_flow_returns_the_token_response() {
     let body: Value = done.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["user"]["sub"], "00u1alice");
-    assert_eq!(
-        body["user"]["groups"],
-        serde_json::json!(["Everyone", "admins"])
-    );
+    assert_eq!(body["user"]["groups"], serde_json::json!(["Everyone", "admins"]));
     let token = body["access_token"].as_str().unwrap();
 
     let me = reqwest::Client::new()
@@ -412,8 +303,7 @@ async fn unauthenticated_api_calls_get_a_json_401_never_a_redirect() {
     let http = client();
     for request in [
         http.get(format!("{}/api/userinfo", app.base_url())),
-        http.get(format!("{}/api/userinfo", app.base_url()))
-            .bearer_auth("not-a-token"),
+        http.get(format!("{}/api/userinfo", app.base_url())).bearer_auth("not-a-token"),
         http.get(format!("{}/api/userinfo", app.base_url()))
             .header(header::COOKIE, "authgate_session=unknown-session"),
         http.get(format!("{}/api/userinfo", app.base_url()))
@@ -423,10 +313,7 @@ async fn unauthenticated_api_calls_get_a_json_401_never_a_redirect() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert!(
-            response.headers()[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer")
+            response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer")
         );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "unauthenticated");
@@ -443,17 +330,11 @@ async fn api_login_refuses_bad_input_with_json() {
         ("scope=bad%22scope", "not a valid scope token"),
         ("prompt=sometimes", "prompt must be"),
     ] {
-        let response = http
-            .get(format!("{}/api/login?{query}", app.base_url()))
-            .send()
-            .await
-            .unwrap();
+        let response =
+            http.get(format!("{}/api/login?{query}", app.base_url())).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
         let body: Value = response.json().await.unwrap();
-        assert!(
-            body["message"].as_str().unwrap().contains(needle),
-            "{query}: {body}"
-        );
+        assert!(body["message"].as_str().unwrap().contains(needle), "{query}: {body}");
     }
     assert_eq!(app.count_rows("login_attempts").await, 0);
 }

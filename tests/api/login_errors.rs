@@ -31,10 +31,7 @@ async fn get_login_url_refuses_bad_input_and_writes_nothing() {
             "is not allowed; use one of the configured redirect_uris",
         ),
         (
-            GetLoginUrlRequest {
-                redirect_uri: format!("{REDIRECT_URI}/"),
-                ..Default::default()
-            },
+            GetLoginUrlRequest { redirect_uri: format!("{REDIRECT_URI}/"), ..Default::default() },
             "is not allowed",
         ),
         (
@@ -45,31 +42,19 @@ async fn get_login_url_refuses_bad_input_and_writes_nothing() {
             "longer than 2048",
         ),
         (
-            GetLoginUrlRequest {
-                scopes: vec!["openid email".into()],
-                ..Default::default()
-            },
+            GetLoginUrlRequest { scopes: vec!["openid email".into()], ..Default::default() },
             "not a valid scope token",
         ),
         (
-            GetLoginUrlRequest {
-                scopes: vec!["s".into(); 17],
-                ..Default::default()
-            },
+            GetLoginUrlRequest { scopes: vec!["s".into(); 17], ..Default::default() },
             "at most 16 extra scopes",
         ),
         (
-            GetLoginUrlRequest {
-                prompt: "always".into(),
-                ..Default::default()
-            },
+            GetLoginUrlRequest { prompt: "always".into(), ..Default::default() },
             "prompt must be none, login, consent or select_account",
         ),
         (
-            GetLoginUrlRequest {
-                login_hint: "a".repeat(300),
-                ..Default::default()
-            },
+            GetLoginUrlRequest { login_hint: "a".repeat(300), ..Default::default() },
             "login_hint must be at most 256",
         ),
         (
@@ -81,17 +66,9 @@ async fn get_login_url_refuses_bad_input_and_writes_nothing() {
         ),
     ];
     for (request, needle) in cases {
-        assert_status(
-            grpc.get_login_url(request).await,
-            Code::InvalidArgument,
-            needle,
-        );
+        assert_status(grpc.get_login_url(request).await, Code::InvalidArgument, needle);
     }
-    assert_eq!(
-        app.count_rows("login_attempts").await,
-        0,
-        "nothing is written for bad input"
-    );
+    assert_eq!(app.count_rows("login_attempts").await, 0, "nothing is written for bad input");
 }
 
 #[tokio::test]
@@ -105,55 +82,22 @@ async fn exchange_code_refuses_missing_and_oversized_fields() {
         redirect_uri: String::new(),
     };
     let cases = [
+        (ExchangeCodeRequest { code: String::new(), ..good.clone() }, "`code` is required"),
         (
-            ExchangeCodeRequest {
-                code: String::new(),
-                ..good.clone()
-            },
-            "`code` is required",
-        ),
-        (
-            ExchangeCodeRequest {
-                code: "c".repeat(5000),
-                ..good.clone()
-            },
+            ExchangeCodeRequest { code: "c".repeat(5000), ..good.clone() },
             "`code` must be at most 4096",
         ),
+        (ExchangeCodeRequest { code: "has space".into(), ..good.clone() }, "printable ASCII"),
+        (ExchangeCodeRequest { state: String::new(), ..good.clone() }, "`state` is required"),
         (
-            ExchangeCodeRequest {
-                code: "has space".into(),
-                ..good.clone()
-            },
-            "printable ASCII",
-        ),
-        (
-            ExchangeCodeRequest {
-                state: String::new(),
-                ..good.clone()
-            },
-            "`state` is required",
-        ),
-        (
-            ExchangeCodeRequest {
-                state: "s".repeat(129),
-                ..good.clone()
-            },
+            ExchangeCodeRequest { state: "s".repeat(129), ..good.clone() },
             "`state` is longer than 128",
         ),
         (
-            ExchangeCodeRequest {
-                state: "x' OR '1'='1".into(),
-                ..good.clone()
-            },
+            ExchangeCodeRequest { state: "x' OR '1'='1".into(), ..good.clone() },
             "characters authgate never issues",
         ),
-        (
-            ExchangeCodeRequest {
-                binding: String::new(),
-                ..good.clone()
-            },
-            "`binding` is required",
-        ),
+        (ExchangeCodeRequest { binding: String::new(), ..good.clone() }, "`binding` is required"),
         (
             ExchangeCodeRequest {
                 redirect_uri: "https://evil.example.com/cb".into(),
@@ -163,11 +107,7 @@ async fn exchange_code_refuses_missing_and_oversized_fields() {
         ),
     ];
     for (request, needle) in cases {
-        assert_status(
-            grpc.exchange_code(request).await,
-            Code::InvalidArgument,
-            needle,
-        );
+        assert_status(grpc.exchange_code(request).await, Code::InvalidArgument, needle);
     }
     // A well-formed but unknown state.
     assert_status(
@@ -183,20 +123,14 @@ async fn a_wrong_binding_is_refused_and_does_not_burn_the_attempt() {
     let app = spawn_app(AppOptions::real()).await;
     let request = login_until_callback(&app, ALICE).await;
     let mut grpc = app.grpc.clone();
-    let wrong = ExchangeCodeRequest {
-        binding: authgate::crypto::random_handle(32),
-        ..request.clone()
-    };
+    let wrong =
+        ExchangeCodeRequest { binding: authgate::crypto::random_handle(32), ..request.clone() };
     assert_status(
         grpc.exchange_code(wrong).await,
         Code::PermissionDenied,
         "binding does not match",
     );
-    assert_eq!(
-        app.count_rows("login_attempts").await,
-        1,
-        "the attempt survives a wrong binding"
-    );
+    assert_eq!(app.count_rows("login_attempts").await, 1, "the attempt survives a wrong binding");
     // The browser that started the login can still finish it.
     let done = grpc.exchange_code(request).await.unwrap().into_inner();
     assert_eq!(done.user.unwrap().sub, "00u1alice");
@@ -206,10 +140,7 @@ async fn a_wrong_binding_is_refused_and_does_not_burn_the_attempt() {
 async fn a_redirect_uri_other_than_the_attempts_is_refused() {
     let app = spawn_app(AppOptions::real()).await;
     let request = login_until_callback(&app, ALICE).await;
-    let mismatched = ExchangeCodeRequest {
-        redirect_uri: OTHER_REDIRECT_URI.into(),
-        ..request
-    };
+    let mismatched = ExchangeCodeRequest { redirect_uri: OTHER_REDIRECT_URI.into(), ..request };
     assert_status(
         app.grpc.clone().exchange_code(mismatched).await,
         Code::InvalidArgument,
@@ -235,25 +166,15 @@ async fn an_expired_attempt_is_refused() {
 async fn a_code_the_provider_rejects_is_unauthenticated_with_invalid_grant() {
     let app = spawn_app(AppOptions::real()).await;
     let request = login_until_callback(&app, ALICE).await;
-    let forged = ExchangeCodeRequest {
-        code: "forged-code-value".into(),
-        ..request
-    };
+    let forged = ExchangeCodeRequest { code: "forged-code-value".into(), ..request };
     let status = assert_status(
         app.grpc.clone().exchange_code(forged).await,
         Code::Unauthenticated,
         "invalid_grant",
     );
     assert!(status.message().contains("start a new login"), "{status:?}");
-    assert!(
-        !status.message().contains("forged-code-value"),
-        "the code is not echoed"
-    );
-    assert_eq!(
-        app.count_rows("sessions").await,
-        0,
-        "no session for a rejected code"
-    );
+    assert!(!status.message().contains("forged-code-value"), "the code is not echoed");
+    assert_eq!(app.count_rows("sessions").await, 0, "no session for a rejected code");
 }
 
 #[tokio::test]
@@ -266,17 +187,14 @@ async fn get_user_info_needs_a_valid_authgate_token() {
         "missing `authorization: Bearer <access_token>` metadata",
     );
     let mut basic = tonic::Request::new(GetUserInfoRequest::default());
-    basic
-        .metadata_mut()
-        .insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
+    basic.metadata_mut().insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
     assert_status(
         grpc.get_user_info(basic).await,
         Code::Unauthenticated,
         "must be `Bearer <access_token>`",
     );
     assert_status(
-        grpc.get_user_info(with_bearer(GetUserInfoRequest::default(), "garbage"))
-            .await,
+        grpc.get_user_info(with_bearer(GetUserInfoRequest::default(), "garbage")).await,
         Code::Unauthenticated,
         "not a well-formed JWT",
     );
@@ -285,11 +203,7 @@ async fn get_user_info_needs_a_valid_authgate_token() {
     let other = spawn_app(AppOptions::real()).await;
     let done = crate::login_flow::full_login(&other, ALICE).await;
     assert_status(
-        grpc.get_user_info(with_bearer(
-            GetUserInfoRequest::default(),
-            &done.access_token,
-        ))
-        .await,
+        grpc.get_user_info(with_bearer(GetUserInfoRequest::default(), &done.access_token)).await,
         Code::Unauthenticated,
         "signed by a key authgate does not know",
     );

