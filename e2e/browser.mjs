@@ -1,0 +1,343 @@
+// Browser end-to-end scenarios for authgate, driven by playwright-core in Debian's chromium.
+//
+//   SCENARIOS=spa,simple,cors node browser.mjs      (default: all three)
+//
+// Scenarios and the environment they read:
+//   spa     SPA_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_GROUPS (comma-separated)
+//           Sign in through the example SPA (examples/spa) served from an allowed origin.
+//   simple  AUTHGATE_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_POST_LOGIN_URL
+//           authgate's own server-side login (/authorization-code/login) with an httpOnly cookie.
+//   cors    BLOCKED_SPA_URL
+//           The same SPA served from an origin NOT on authgate's CORS allow-list must show an
+//           error instead of going to the provider.
+// Also: OUTPUT_DIR (screenshots; default ./output), CHROMIUM (default /usr/bin/chromium),
+// TIMEOUT_MS (per wait; default 15000).
+//
+// Prints one line per step; on the first failure prints the reason, saves
+// OUTPUT_DIR/<scenario>-failure.png and exits 1 (2 for a usage error).
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = process.env;
+const OUTPUT_DIR = path.resolve(env.OUTPUT_DIR || 'output');
+const TIMEOUT_MS = Number(env.TIMEOUT_MS || 15000);
+
+class Failure extends Error {}
+const fail = (message) => { throw new Failure(message); };
+
+let currentScenario = '';
+let stepNumber = 0;
+function step(message) {
+  stepNumber += 1;
+  console.log(`[${currentScenario}] ${String(stepNumber).padStart(2)}. ${message}`);
+}
+
+// The environment each scenario needs (checked before the browser starts).
+const NEEDS = {
+  spa: ['SPA_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_GROUPS'],
+  simple: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_POST_LOGIN_URL'],
+  cors: ['BLOCKED_SPA_URL'],
+};
+const required = (...names) => names.map((name) => env[name]);
+
+const origin = (url) => new URL(url).origin;
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+/** Polls `check` until it returns a truthy value; fails with `what` (and `detail()`) on timeout. */
+async function waitUntil(what, check, detail = async () => '') {
+  const deadline = Date.now() + TIMEOUT_MS;
+  for (;;) {
+    // Errors other than our own failures (e.g. "execution context was destroyed" while the page
+    // navigates) just mean "not yet".
+    const result = await check().catch((err) => { if (err instanceof Failure) throw err; });
+    if (result) return result;
+    if (Date.now() > deadline) fail(`timed out after ${TIMEOUT_MS} ms waiting for ${what}${await detail()}`);
+    await sleep(100);
+  }
+}
+
+const visible = (page, selector) => page.locator(selector).first().isVisible().catch(() => false);
+const text = async (page, selector) => ((await visible(page, selector))
+  ? (await page.locator(selector).first().textContent())?.trim() ?? '' : '');
+
+/** Current URL and any visible #error, for failure messages. */
+async function where(page) {
+  const error = await text(page, '#error');
+  return ` (at ${page.url()}${error ? `; #error shows: ${error}` : ''})`;
+}
+
+/** Fails at once if the SPA shows an error; otherwise returns `check()`. */
+async function spaCheck(page, check) {
+  const error = await text(page, '#error');
+  if (error) fail(`the SPA shows an error: ${error}`);
+  return check();
+}
+
+/**
+ * Takes the browser through the provider until `isDone()`: fills the sign-in form (#username,
+ * #password, #sign-in) and clicks #allow on the consent page when they appear. With a provider
+ * session already in place neither may appear.
+ */
+async function passProvider(page, [user, password], what, isDone) {
+  let signedIn = false;
+  let consented = false;
+  await waitUntil(what, async () => {
+    if (await isDone()) return true;
+    const error = await text(page, '#error');
+    if (error) fail(`${origin(page.url())} shows an error: ${error} (at ${page.url()})`);
+    if (!signedIn && await visible(page, '#username')) {
+      step(`provider sign-in form: signing in as ${user}`);
+      await page.fill('#username', user);
+      await page.fill('#password', password);
+      await page.click('#sign-in');
+      signedIn = true;
+    } else if (!consented && await visible(page, '#allow')) {
+      step('provider consent page: clicking #allow');
+      await page.click('#allow');
+      consented = true;
+    }
+    return false;
+  }, async () => ` (at ${page.url()})`);
+}
+
+/** Fails if any localStorage/sessionStorage entry or cookie of the page holds a JWT. */
+async function assertNoStoredJwt(page, context) {
+  const stored = await page.evaluate(() => ({
+    localStorage: Object.entries(localStorage),
+    sessionStorage: Object.entries(sessionStorage),
+    'document.cookie': [['', document.cookie]],
+  }));
+  for (const [area, entries] of Object.entries(stored)) {
+    for (const [key, value] of entries) {
+      if (`${key}${value}`.includes('eyJ')) fail(`${area} holds a JWT (key "${key}")`);
+    }
+  }
+  for (const cookie of await context.cookies(page.url())) {
+    if (cookie.value.includes('eyJ')) fail(`cookie ${cookie.name} holds a JWT`);
+  }
+  const counts = Object.entries(stored).slice(0, 2).map(([area, entries]) => `${area}: ${entries.length} entries`);
+  step(`no JWT in localStorage, sessionStorage or cookies (${counts.join(', ')})`);
+}
+
+function assertNoCodeInUrl(page) {
+  const { searchParams } = new URL(page.url());
+  if (searchParams.has('code') || searchParams.has('state') || /[?&](code|state)=/.test(page.url())) {
+    fail(`the address bar still has code/state: ${page.url()}`);
+  }
+  step(`address bar has no code/state: ${page.url()}`);
+}
+
+async function screenshot(page, name) {
+  const file = path.join(OUTPUT_DIR, name);
+  await page.screenshot({ path: file, fullPage: true });
+  step(`screenshot ${file}`);
+}
+
+// ------------------------------------------------------------------ scenarios --
+
+async function scenarioSpa(context) {
+  const [spaUrl, user, password, email, groupList] = required(...NEEDS.spa);
+  const groups = groupList.split(',').map((g) => g.trim()).filter(Boolean);
+  const spaOrigin = origin(spaUrl);
+  const page = await context.newPage();
+  // URLs the tab navigated to, redirects included: with a provider session the provider answers
+  // with a redirect straight back to /callback, and no provider page is ever shown.
+  const navigations = [];
+  page.on('request', (req) => {
+    if (req.isNavigationRequest() && req.frame() === page.mainFrame()) navigations.push(req.url());
+  });
+
+  const signIn = async () => {
+    const before = navigations.length;
+    await page.click('#sign-in');
+    const providerOrigin = await waitUntil('the SPA to go to the provider',
+      () => spaCheck(page, async () => navigations.slice(before).map(origin).find((o) => o !== spaOrigin)),
+      async () => where(page));
+    step(`sent to the provider: ${providerOrigin}`);
+    await passProvider(page, [user, password], `the provider to send the browser back to ${spaOrigin}/callback`,
+      async () => origin(page.url()) === spaOrigin
+        && navigations.slice(before).some((url) => url.startsWith(`${spaOrigin}/callback?`)));
+    step(`back on ${spaOrigin}/callback`);
+    await waitUntil(`#email to show ${email}`,
+      () => spaCheck(page, async () => (await text(page, '#email')) === email),
+      async () => `${await where(page)}; #email: "${await text(page, '#email')}"`);
+  };
+
+  step(`open ${spaUrl}`);
+  await page.goto(spaUrl);
+  await waitUntil('the signed-out view (#sign-in)', () => spaCheck(page, () => visible(page, '#sign-in')),
+    async () => where(page));
+  step('click #sign-in');
+  await signIn();
+  step(`signed in: #email = ${email}, #name = ${await text(page, '#name')}`);
+
+  const shownGroups = await page.locator('#groups li').allTextContents();
+  const missing = groups.filter((g) => !shownGroups.includes(g));
+  if (missing.length) fail(`#groups lacks ${missing.join(', ')} (shows: ${shownGroups.join(', ')})`);
+  step(`#groups shows ${shownGroups.join(', ')}`);
+
+  assertNoCodeInUrl(page);
+  await assertNoStoredJwt(page, context);
+  await screenshot(page, 'spa-signed-in.png');
+
+  step('reload: the token was in memory only, so the app must be signed out');
+  await page.reload();
+  await waitUntil('the signed-out view after reload', () => spaCheck(page, async () => (
+    await visible(page, '#sign-in')) && !(await visible(page, '#signed-in'))), async () => where(page));
+  assertNoCodeInUrl(page);
+  step('signed-out view shown after reload');
+
+  step('sign in again (provider session exists)');
+  await signIn();
+  step('signed in again; click #sign-out');
+  const leftSpa = page.waitForURL((url) => url.origin !== spaOrigin, { timeout: TIMEOUT_MS });
+  await page.click('#sign-out');
+  await leftSpa.catch(() => fail(`sign-out did not go to the provider's end-session endpoint${''}`));
+  step('left the SPA for the provider end-session endpoint');
+  // Sign-out ends the authgate session and sends the browser through the provider's end-session
+  // endpoint, which ends the provider session and returns to the SPA.
+  await waitUntil('the SPA again, signed out, after the provider logout', () => spaCheck(page, async () => (
+    page.url().startsWith(spaUrl) && await visible(page, '#sign-in') && !(await visible(page, '#email')))),
+  async () => where(page));
+  step(`back at ${page.url()}, signed out`);
+  step('click #sign-in: the provider must ask for the password again (its session ended too)');
+  await page.click('#sign-in');
+  await waitUntil('the provider sign-in form', async () => visible(page, '#username'), async () => where(page));
+  step('the provider asks for credentials again: sign-out ended both sessions');
+}
+
+async function scenarioSimple(context) {
+  const [authgateUrl, user, password, email, postLoginUrl] = required(...NEEDS.simple);
+  const authgateOrigin = origin(authgateUrl);
+  const loginUrl = new URL('/authorization-code/login', authgateUrl).href;
+  const page = await context.newPage();
+
+  step(`open ${loginUrl}`);
+  const response = await page.goto(loginUrl);
+  const providerOrigin = origin(page.url());
+  if (providerOrigin === authgateOrigin) {
+    fail(`${loginUrl} did not redirect to the provider (HTTP ${response?.status()}, at ${page.url()})`);
+  }
+  step(`redirected to the provider: ${providerOrigin}`);
+  await passProvider(page, [user, password], `the post-login URL ${postLoginUrl}`,
+    async () => page.url().startsWith(postLoginUrl));
+  step(`landed on ${page.url()}`);
+  assertNoCodeInUrl(page);
+
+  const cookies = await context.cookies(authgateUrl);
+  const session = cookies.find((c) => c.name.includes('authgate_session'));
+  if (!session) fail(`no authgate_session cookie for ${authgateOrigin} (cookies: ${cookies.map((c) => c.name).join(', ') || 'none'})`);
+  if (!session.httpOnly) fail(`cookie ${session.name} is not httpOnly`);
+  step(`cookie ${session.name}: httpOnly, secure=${session.secure}, sameSite=${session.sameSite}, path=${session.path}`);
+
+  const visibleCookies = await page.evaluate(() => document.cookie);
+  if (visibleCookies.includes(session.name)) fail(`document.cookie exposes ${session.name}`);
+  step('document.cookie on the landing page does not expose it');
+
+  // fetch from a page on authgate's origin, with the cookie.
+  const apiPage = origin(page.url()) === authgateOrigin ? page : await context.newPage();
+  if (apiPage !== page) await apiPage.goto(new URL('/healthz', authgateUrl).href);
+  const userinfoUrl = new URL('/api/userinfo', authgateUrl).href;
+  const answer = await apiPage.evaluate(async (url) => {
+    const res = await fetch(url, { credentials: 'include' });
+    return { status: res.status, type: res.headers.get('content-type'), body: await res.text() };
+  }, userinfoUrl);
+  if (answer.status !== 200) fail(`GET ${userinfoUrl}: HTTP ${answer.status}: ${answer.body.slice(0, 300)}`);
+  let json;
+  try {
+    json = JSON.parse(answer.body);
+  } catch {
+    fail(`GET ${userinfoUrl}: not JSON (${answer.type}): ${answer.body.slice(0, 300)}`);
+  }
+  const gotEmail = json.email ?? json.user?.email;
+  if (gotEmail !== email) fail(`GET ${userinfoUrl}: email is ${JSON.stringify(gotEmail)}, expected ${email}`);
+  step(`GET ${userinfoUrl} (credentials: include): 200, email ${gotEmail}`);
+  await screenshot(page, 'simple-signed-in.png');
+}
+
+async function scenarioCors(context) {
+  const [blockedUrl] = required(...NEEDS.cors);
+  const blockedOrigin = origin(blockedUrl);
+  const page = await context.newPage();
+  const navigations = [];
+  page.on('framenavigated', (frame) => { if (frame === page.mainFrame()) navigations.push(frame.url()); });
+  const corsMessages = [];
+  page.on('console', (msg) => { if (/CORS/i.test(msg.text())) corsMessages.push(msg.text()); });
+
+  step(`open ${blockedUrl} (an origin authgate does not allow)`);
+  await page.goto(blockedUrl);
+  await waitUntil('the signed-out view (#sign-in)', () => visible(page, '#sign-in'), async () => where(page));
+  step('click #sign-in');
+  await page.click('#sign-in');
+  const message = await waitUntil('#error to show a message',
+    async () => {
+      if (origin(page.url()) !== blockedOrigin) fail(`the page navigated to ${page.url()}`);
+      return text(page, '#error');
+    }, async () => where(page));
+  step(`#error shows: ${message}`);
+  await sleep(500); // give a (wrong) navigation a moment to start
+  const away = navigations.filter((url) => origin(url) !== blockedOrigin);
+  if (away.length || origin(page.url()) !== blockedOrigin) {
+    fail(`the page navigated away: ${[...away, page.url()].join(', ')}`);
+  }
+  step(`stayed on ${blockedOrigin} (never went to the provider)`);
+  if (corsMessages.length) step(`browser console: ${corsMessages[0].slice(0, 200)}`);
+  await screenshot(page, 'cors-error.png');
+}
+
+// ----------------------------------------------------------------------- main --
+
+const scenarios = { spa: scenarioSpa, simple: scenarioSimple, cors: scenarioCors };
+const selected = (env.SCENARIOS || Object.keys(scenarios).join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+const unknown = selected.filter((s) => !(s in scenarios));
+if (unknown.length) {
+  console.error(`unknown scenario(s) ${unknown.join(', ')}; choose from ${Object.keys(scenarios).join(', ')}`);
+  process.exit(2);
+}
+const missing = [...new Set(selected.flatMap((s) => NEEDS[s]).filter((name) => !env[name]))];
+if (missing.length) {
+  console.error(`missing environment for scenarios ${selected.join(', ')}: ${missing.join(', ')}`);
+  process.exit(2);
+}
+mkdirSync(OUTPUT_DIR, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--disable-quic', '--no-first-run'],
+});
+console.log(`chromium ${browser.version()}; scenarios: ${selected.join(', ')}; output: ${OUTPUT_DIR}`);
+
+let exitCode = 0;
+for (const name of selected) {
+  currentScenario = name;
+  stepNumber = 0;
+  const started = Date.now();
+  const context = await browser.newContext(); // fresh cookies and storage per scenario
+  context.setDefaultTimeout(TIMEOUT_MS);
+  const consoleErrors = [];
+  context.on('console', (msg) => { if (msg.type() === 'error') consoleErrors.push(msg.text()); });
+  try {
+    await scenarios[name](context);
+    console.log(`[${name}] PASS (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  } catch (err) {
+    console.log(`[${name}] FAIL: ${err instanceof Failure ? err.message : err?.stack ?? err}`);
+    const page = context.pages().at(-1);
+    if (page) {
+      console.log(`[${name}] page URL: ${page.url()}`);
+      const file = path.join(OUTPUT_DIR, `${name}-failure.png`);
+      if (await page.screenshot({ path: file, fullPage: true }).then(() => true, () => false)) {
+        console.log(`[${name}] screenshot: ${file}`);
+      }
+    }
+    for (const line of consoleErrors.slice(-5)) console.log(`[${name}] browser console error: ${line}`);
+    exitCode = 1;
+  } finally {
+    await context.close();
+  }
+  if (exitCode) break;
+}
+await browser.close();
+process.exit(exitCode);
