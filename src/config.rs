@@ -547,7 +547,15 @@ impl Parser {
                 .map_err(|e| self.problem("http_callback_url", format!("`{text}`: {e}")))
                 .ok(),
             (None, Some(base)) => {
-                RedirectUri::parse(&format!("{base}/authorization-code/callback")).ok()
+                let url = format!("{base}/authorization-code/callback");
+                RedirectUri::parse(&url)
+                    .map_err(|e| {
+                        self.problem(
+                            "public_url",
+                            format!("the HTTP callback derived from it, `{url}`, {e}"),
+                        )
+                    })
+                    .ok()
             }
             (None, None) => None,
         };
@@ -912,6 +920,15 @@ mod tests {
         assert!(text.contains("issuer_url (env AUTHGATE_ISSUER_URL): `http://okta.example.com/oauth2/default` must use https"), "{text}");
         assert!(text.contains("token_ttl"), "{text}");
         assert!(text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"), "{text}");
+    }
+
+    #[test]
+    fn a_plain_http_public_url_off_localhost_is_refused_with_a_reason() {
+        let mut e = minimal();
+        e.insert("AUTHGATE_PUBLIC_URL".into(), "http://auth.example.com".into());
+        let err = Config::from_sources(None, &e).unwrap_err();
+        assert_eq!(err.problems[0].setting, "public_url", "{err}");
+        assert!(err.to_string().contains("must use https"), "{err}");
     }
 
     #[test]

@@ -165,6 +165,29 @@ impl FakeProvider {
         self.state.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// A back-channel logout token with these claims, signed with the published key.
+    pub fn logout_token(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.state.published.kid.clone());
+        header.typ = Some("logout+jwt".into());
+        jsonwebtoken::encode(&header, claims, &self.state.published.encoding).unwrap()
+    }
+
+    /// Claims of a valid logout token for this client and provider session.
+    pub fn logout_claims(&self, client_id: &str, sid: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": format!("jti-{}", rand::random::<u64>()),
+            "sid": sid,
+            "sub": "fake-user-1",
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        })
+    }
+
     pub fn answer_next(&self, answer: TokenAnswer) {
         *self.state.answer.lock().unwrap() = Some(answer);
     }

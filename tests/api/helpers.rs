@@ -440,11 +440,25 @@ pub async fn sign_in_at_provider(
     user: (&str, &str),
     redirect_uri: &str,
 ) -> Callback {
-    let client = reqwest::Client::builder()
+    sign_in_with(&browser(), login_url, user, redirect_uri).await
+}
+
+/// A browser-like HTTP client: a cookie jar, no automatic redirects.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`sign_in_at_provider`] with the caller's client, whose cookie jar keeps the provider session.
+pub async fn sign_in_with(
+    client: &reqwest::Client,
+    login_url: &str,
+    user: (&str, &str),
+    redirect_uri: &str,
+) -> Callback {
     let mut url = Url::parse(login_url).unwrap();
     let mut response = client.get(url.clone()).send().await.unwrap();
     for _ in 0..20 {
@@ -486,7 +500,7 @@ pub async fn sign_in_at_provider(
 }
 
 /// The `action` of the first form whose action ends with `suffix`.
-fn form_action(html: &str, suffix: &str) -> String {
+pub fn form_action(html: &str, suffix: &str) -> String {
     html.split("action=\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
@@ -560,4 +574,14 @@ impl Drop for FaultProxy {
             task.abort();
         }
     }
+}
+
+/// ValidateToken's answer for a token.
+pub async fn validate(app: &TestApp, token: &str) -> authgate::pb::ValidateTokenResponse {
+    app.grpc
+        .clone()
+        .validate_token(authgate::pb::ValidateTokenRequest { token: token.to_string() })
+        .await
+        .unwrap()
+        .into_inner()
 }

@@ -8,6 +8,7 @@
 mod fake_provider;
 mod helpers;
 
+mod fleet;
 mod http_routes;
 mod login_errors;
 mod login_flow;
