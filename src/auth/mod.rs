@@ -16,7 +16,7 @@ use crate::{
     provider::{AuthorizationRequest, IdentityProvider},
     revocation::Revocations,
     secret::Secret,
-    store::{Consumed, LoginAttempt, SessionRecord, Store},
+    store::{AttemptWriter, Consumed, LoginAttempt, SessionRecord, Store},
     tokens::{Claims, TokenIssuer, now},
 };
 
@@ -84,6 +84,8 @@ pub struct Authenticator {
     tokens: Arc<TokenIssuer>,
     cipher: Cipher,
     revocations: Arc<Revocations>,
+    /// Group-commits login attempts (see [`AttemptWriter`]).
+    attempts: AttemptWriter,
 }
 
 impl Authenticator {
@@ -95,7 +97,10 @@ impl Authenticator {
         cipher: Cipher,
         revocations: Arc<Revocations>,
     ) -> Self {
-        Self { config, store, provider, tokens, cipher, revocations }
+        // Leave half the pool for everything else.
+        let in_flight = (config.database_max_connections / 2).max(1) as usize;
+        let attempts = AttemptWriter::start(store.clone(), in_flight);
+        Self { config, store, provider, tokens, cipher, revocations, attempts }
     }
 
     pub fn revocations(&self) -> &Arc<Revocations> {
@@ -201,8 +206,8 @@ impl Authenticator {
         })?;
         let created_at = now();
         let expires_at = created_at + self.config.attempt_ttl.as_secs() as i64;
-        self.store
-            .insert_attempt(&LoginAttempt {
+        self.attempts
+            .insert(LoginAttempt {
                 state_hash: sha256(state.as_bytes()).to_vec(),
                 binding_hash: sha256(binding.as_bytes()).to_vec(),
                 nonce,
@@ -320,13 +325,16 @@ impl Authenticator {
     pub async fn authenticate(&self, bearer: &str) -> Result<(Claims, SessionRecord), AuthError> {
         let claims = self
             .tokens
-            .verify(bearer)
+            .verify_cached(bearer)
             .map_err(|r| AuthError::Unauthenticated(format!("{r}; sign in again")))?;
+        if self.revocations.is_revoked(&claims.sid) {
+            return Err(AuthError::SessionEnded);
+        }
         let session = self.store.get_session(&claims.sid).await?.ok_or(AuthError::SessionEnded)?;
         if session.revoked_at.is_some() || session.expires_at <= now() {
             return Err(AuthError::SessionEnded);
         }
-        Ok((claims, session))
+        Ok(((*claims).clone(), session))
     }
 
     /// The live session behind a browser session cookie, and its profile.

@@ -5,6 +5,7 @@
 //! timestamps are unix seconds. Secrets are hashed (handles) or encrypted (provider tokens,
 //! private keys) before they reach this module.
 
+mod batch;
 mod sql;
 
 use std::{str::FromStr, time::Duration};
@@ -15,6 +16,7 @@ use sqlx::{
 };
 
 use crate::config::DatabaseConfig;
+pub use batch::AttemptWriter;
 pub use sql::{PgStore, SqliteStore};
 
 /// A pending login, created by GetLoginUrl and consumed once by ExchangeCode.
@@ -125,7 +127,7 @@ impl std::fmt::Debug for StoredSigningKey {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is refusing work; retrying later may help.
     #[error("the database is unavailable: {0}")]
@@ -262,6 +264,11 @@ impl Store {
 
     pub async fn insert_attempt(&self, attempt: &LoginAttempt) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_attempt(attempt).await)
+    }
+
+    /// Inserts several attempts with one statement and one commit.
+    pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_attempts(attempts).await)
     }
 
     /// Atomically deletes and returns the attempt with this state and binding. Two concurrent

@@ -53,6 +53,29 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Inserts several attempts in one statement (one round trip, one commit).
+            pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
+                if attempts.is_empty() {
+                    return Ok(());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO login_attempts \
+                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at) ",
+                );
+                q.push_values(attempts, |mut row, a| {
+                    row.push_bind(&a.state_hash)
+                        .push_bind(&a.binding_hash)
+                        .push_bind(&a.nonce)
+                        .push_bind(&a.pkce_verifier)
+                        .push_bind(&a.redirect_uri)
+                        .push_bind(&a.return_to)
+                        .push_bind(a.created_at)
+                        .push_bind(a.expires_at);
+                });
+                q.build().execute(&self.pool).await?;
+                Ok(())
+            }
+
             pub async fn consume_attempt(
                 &self,
                 state_hash: &[u8],

@@ -11,13 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation,
-    errors::ErrorKind,
-    jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
-};
+mod keys;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tracing::info;
+
+pub use keys::{KeyEntry, KeyRing};
+use keys::{generate_key, key_context, key_from_pem, key_from_store};
 
 use crate::{
     config::{SigningAlgorithm, TokenConfig},
@@ -85,78 +87,6 @@ impl TokenRejection {
             Self::WrongAudience => "wrong_audience",
             Self::Revoked => "revoked",
         }
-    }
-}
-
-/// One signing key, parsed and ready.
-pub struct KeyEntry {
-    pub kid: String,
-    pub algorithm: Algorithm,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    /// The public JWK, as published.
-    pub jwk: Jwk,
-    /// Signs from this time (unix seconds) on; published before.
-    pub activates_at: i64,
-    /// Stops signing at this time, if set.
-    pub retires_at: Option<i64>,
-    /// Dropped from the JWKS at this time, if set.
-    pub expires_at: Option<i64>,
-}
-
-impl KeyEntry {
-    fn can_sign_at(&self, now: i64) -> bool {
-        self.activates_at <= now && self.retires_at.is_none_or(|r| now < r)
-    }
-}
-
-/// The current set of keys.
-#[derive(Default)]
-pub struct KeyRing {
-    /// Oldest activation first.
-    keys: Vec<Arc<KeyEntry>>,
-    by_kid: HashMap<String, Arc<KeyEntry>>,
-}
-
-impl KeyRing {
-    fn new(mut keys: Vec<Arc<KeyEntry>>) -> Self {
-        keys.sort_by(|a, b| (a.activates_at, &a.kid).cmp(&(b.activates_at, &b.kid)));
-        let by_kid = keys.iter().map(|k| (k.kid.clone(), Arc::clone(k))).collect();
-        Self { keys, by_kid }
-    }
-
-    /// When each key stopped signing: the activation of the next key that has activated.
-    fn retired_at(&self, index: usize, now: i64) -> Option<i64> {
-        self.keys[index + 1..]
-            .iter()
-            .map(|k| k.activates_at)
-            .find(|&t| t <= now)
-            .or(self.keys[index].retires_at)
-    }
-
-    /// Keys that no token can still need: retired longer ago than a token lives.
-    fn expired(&self, now: i64, token_ttl: i64) -> Vec<String> {
-        (0..self.keys.len())
-            .filter(|&i| {
-                self.retired_at(i, now)
-                    .is_some_and(|r| r + token_ttl + LEEWAY_SECS as i64 + 60 < now)
-            })
-            .map(|i| self.keys[i].kid.clone())
-            .collect()
-    }
-
-    /// The newest key, whether or not it signs yet.
-    fn newest(&self) -> Option<&Arc<KeyEntry>> {
-        self.keys.last()
-    }
-
-    /// The newest key that may sign now.
-    fn signing_key(&self, now: i64) -> Option<&Arc<KeyEntry>> {
-        self.keys.iter().rev().find(|k| k.can_sign_at(now))
-    }
-
-    pub fn jwks(&self) -> JwkSet {
-        JwkSet { keys: self.keys.iter().map(|k| k.jwk.clone()).collect() }
     }
 }
 
@@ -405,12 +335,8 @@ impl TokenIssuer {
             preferred_username: profile.preferred_username.clone(),
             groups: profile.groups.clone().unwrap_or_default(),
         };
-        let mut header = Header::new(key.algorithm);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| KeyError::Invalid(format!("signing failed: {e}")))?;
-        Ok((token, claims))
+        let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        Ok((key.sign_jws(&payload)?, claims))
     }
 
     /// [`Self::verify`] with a cache of tokens already verified. Does not check revocation.
@@ -434,160 +360,74 @@ impl TokenIssuer {
         self.cache.clear();
     }
 
-    /// Verifies signature, `iss`, `aud`, `exp` and `nbf`. Does not check revocation.
+    /// Verifies signature, `iss`, `aud`, `exp` and `nbf` (RFC 7515/7519, RFC 8725): the `alg`
+    /// must be the one of the key named by `kid` — never `none`, never HMAC — and no `crit`
+    /// extension is accepted. Does not check revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
         if token.len() > 8192 {
             return Err(TokenRejection::Malformed);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-        let kid = header.kid.ok_or(TokenRejection::UnknownKey)?;
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenRejection::Malformed);
+        };
+        let header: JoseHeader = B64
+            .decode(header_b64)
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(TokenRejection::Malformed)?;
+        if header.crit.is_some() {
+            return Err(TokenRejection::Malformed);
+        }
         let ring = self.ring();
-        let key = ring.by_kid.get(&kid).ok_or(TokenRejection::UnknownKey)?;
-        if header.alg != key.algorithm {
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| ring.get(kid))
+            .ok_or(TokenRejection::UnknownKey)?;
+        if header.alg != key.alg_name() {
             return Err(TokenRejection::BadSignature);
         }
-        let mut validation = Validation::new(key.algorithm);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
-        jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenRejection::Expired,
-                ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
-                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
-                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    TokenRejection::BadSignature
-                }
-                _ => TokenRejection::Malformed,
-            })
+        let signature = B64.decode(signature_b64).map_err(|_| TokenRejection::Malformed)?;
+        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+        if !key.verify(signing_input.as_bytes(), &signature) {
+            return Err(TokenRejection::BadSignature);
+        }
+        let claims: Claims = B64
+            .decode(payload_b64)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(TokenRejection::Malformed)?;
+        if claims.iss != self.issuer {
+            return Err(TokenRejection::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(TokenRejection::WrongAudience);
+        }
+        let now = now();
+        let leeway = LEEWAY_SECS as i64;
+        if claims.exp + leeway < now {
+            return Err(TokenRejection::Expired);
+        }
+        if claims.nbf - leeway > now {
+            return Err(TokenRejection::NotYetValid);
+        }
+        Ok(claims)
     }
+}
+
+/// The JOSE header members authgate looks at.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+    crit: Option<serde_json::Value>,
 }
 
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-fn key_context(kid: &str) -> String {
-    format!("signing_key:{kid}")
-}
-
-fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {
-    match alg {
-        SigningAlgorithm::Es256 => Algorithm::ES256,
-        SigningAlgorithm::EdDsa => Algorithm::EdDSA,
-        SigningAlgorithm::Rs256 => Algorithm::RS256,
-    }
-}
-
-/// The PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410): the 32-byte seed follows.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
-/// Generates a private key; returns its PKCS#8 DER and the ready entry.
-fn generate_key(alg: SigningAlgorithm, activates_at: i64) -> Result<(Vec<u8>, KeyEntry), KeyError> {
-    let der = match alg {
-        SigningAlgorithm::Es256 => {
-            use p256::pkcs8::EncodePrivateKey;
-            // A uniformly random 32-byte string is a valid P-256 scalar with overwhelming
-            // probability; retry on the rare miss.
-            let key = loop {
-                let bytes: [u8; 32] = rand::random();
-                if let Ok(k) = p256::ecdsa::SigningKey::from_bytes(&bytes.into()) {
-                    break k;
-                }
-            };
-            key.to_pkcs8_der()
-                .map_err(|e| KeyError::Invalid(format!("cannot encode P-256 key: {e}")))?
-                .as_bytes()
-                .to_vec()
-        }
-        SigningAlgorithm::EdDsa => {
-            let seed: [u8; 32] = rand::random();
-            [ED25519_PKCS8_PREFIX.as_slice(), seed.as_slice()].concat()
-        }
-        SigningAlgorithm::Rs256 => {
-            return Err(KeyError::Invalid(
-                "RS256 keys are not generated; configure signing_key_file".into(),
-            ));
-        }
-    };
-    let entry = entry_from_der(alg, &der, activates_at, None, None)?;
-    Ok((der, entry))
-}
-
-fn encoding_key(alg: SigningAlgorithm, der: &[u8]) -> EncodingKey {
-    match alg {
-        SigningAlgorithm::Es256 => EncodingKey::from_ec_der(der),
-        SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(der),
-        SigningAlgorithm::Rs256 => EncodingKey::from_rsa_der(der),
-    }
-}
-
-fn entry_from_encoding(
-    alg: SigningAlgorithm,
-    encoding: EncodingKey,
-    activates_at: i64,
-    retires_at: Option<i64>,
-    expires_at: Option<i64>,
-) -> Result<KeyEntry, KeyError> {
-    let algorithm = jwt_algorithm(alg);
-    let mut jwk = Jwk::from_encoding_key(&encoding, algorithm)
-        .map_err(|e| KeyError::Invalid(format!("not a valid {} private key: {e}", alg.as_str())))?;
-    let kid = jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|e| KeyError::Invalid(format!("cannot compute key thumbprint: {e}")))?;
-    jwk.common.key_id = Some(kid.clone());
-    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-    let decoding = DecodingKey::from_jwk(&jwk)
-        .map_err(|e| KeyError::Invalid(format!("cannot derive the public key: {e}")))?;
-    // Prove the pair works before it signs anything.
-    let probe = jsonwebtoken::encode(&Header::new(algorithm), &serde_json::json!({}), &encoding)
-        .map_err(|e| {
-            KeyError::Invalid(format!("not a usable {} private key: {e}", alg.as_str()))
-        })?;
-    let mut validation = Validation::new(algorithm);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &validation)
-        .map_err(|e| KeyError::Invalid(format!("key pair does not verify: {e}")))?;
-    Ok(KeyEntry { kid, algorithm, encoding, decoding, jwk, activates_at, retires_at, expires_at })
-}
-
-fn entry_from_der(
-    alg: SigningAlgorithm,
-    der: &[u8],
-    activates_at: i64,
-    retires_at: Option<i64>,
-    expires_at: Option<i64>,
-) -> Result<KeyEntry, KeyError> {
-    entry_from_encoding(alg, encoding_key(alg, der), activates_at, retires_at, expires_at)
-}
-
-fn key_from_pem(alg: SigningAlgorithm, pem: &[u8]) -> Result<KeyEntry, KeyError> {
-    let encoding = match alg {
-        SigningAlgorithm::Es256 => EncodingKey::from_ec_pem(pem),
-        SigningAlgorithm::EdDsa => EncodingKey::from_ed_pem(pem),
-        SigningAlgorithm::Rs256 => EncodingKey::from_rsa_pem(pem),
-    }
-    .map_err(|e| {
-        KeyError::Invalid(format!("signing_key_file is not a PKCS#8 PEM {} key: {e}", alg.as_str()))
-    })?;
-    entry_from_encoding(alg, encoding, 0, None, None)
-}
-
-fn key_from_store(k: &StoredSigningKey, cipher: &Cipher) -> Result<KeyEntry, KeyError> {
-    let alg = SigningAlgorithm::parse(&k.algorithm)
-        .ok_or_else(|| KeyError::Invalid(format!("stored key {} has unknown algorithm", k.kid)))?;
-    let der = cipher
-        .decrypt(&k.private_key, &key_context(&k.kid))
-        .map_err(|e| KeyError::Invalid(format!("stored key {}: {e}", k.kid)))?;
-    entry_from_der(alg, &der, k.activates_at, k.retires_at, k.expires_at)
 }
 
 #[cfg(test)]
@@ -661,7 +501,10 @@ mod tests {
             let issuer = issuer_with(alg);
             let (token, claims) = issuer.mint("sid-1", &profile(), i64::MAX).unwrap();
             let header = jsonwebtoken::decode_header(&token).unwrap();
-            assert_eq!(header.alg, jwt_algorithm(alg));
+            assert_eq!(
+                format!("{:?}", header.alg),
+                alg.as_str().to_uppercase().replace("EDDSA", "EdDSA")
+            );
             assert!(header.kid.is_some());
             let verified = issuer.verify(&token).unwrap();
             assert_eq!(verified, claims);
@@ -702,13 +545,16 @@ mod tests {
 
         // HS256 "signed" with the public key as the secret.
         let jwk_json = serde_json::to_string(&issuer.jwks().keys[0]).unwrap();
-        let mut header = Header::new(Algorithm::HS256);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some(kid);
         let claims: serde_json::Value =
             serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
-        let forged =
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(jwk_json.as_bytes()))
-                .unwrap();
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(jwk_json.as_bytes()),
+        )
+        .unwrap();
         assert_eq!(issuer.verify(&forged), Err(TokenRejection::BadSignature));
     }
 
@@ -718,11 +564,7 @@ mod tests {
         let ring = issuer.ring();
         let key = ring.signing_key(now()).unwrap();
         let (_, mut claims) = issuer.mint("sid", &profile(), i64::MAX).unwrap();
-        let sign = |c: &Claims| {
-            let mut h = Header::new(key.algorithm);
-            h.kid = Some(key.kid.clone());
-            jsonwebtoken::encode(&h, c, &key.encoding).unwrap()
-        };
+        let sign = |c: &Claims| key.sign_jws(&serde_json::to_vec(c).unwrap()).unwrap();
         claims.aud = "someone-else".into();
         assert_eq!(issuer.verify(&sign(&claims)), Err(TokenRejection::WrongAudience));
         claims.aud = "authgate".into();

@@ -1,0 +1,837 @@
+//! The load benchmark: throughput and latency of every RPC against this machine's own limits.
+//!
+//! It starts the release `authgate` binary against a fresh PostgreSQL database and an
+//! in-process, very fast fake OpenID provider (the point is to measure authgate, not a
+//! provider), drives each RPC over real gRPC connections (and the JSON routes over HTTP/1.1) at
+//! a fixed concurrency for a fixed time, measures the baselines in the same run — the server's
+//! own gRPC Health/Check (transport limit), a raw sqlx single-row INSERT with the same pool size
+//! and durability (store limit), an INSERT + DELETE…RETURNING pair — and prints a table plus the
+//! target ratios, and writes the same as JSON.
+//!
+//!   cargo bench --bench load                 # full run (~2 min)
+//!   cargo bench --bench load -- --smoke      # a few seconds, for CI
+//!
+//! Options: --duration SECS (per phase), --concurrency N, --connections N, --out FILE.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use authgate::pb::{
+    ExchangeCodeRequest, GetLoginUrlRequest, GetUserInfoRequest, RefreshSessionRequest,
+    ValidateTokenRequest, auth_service_client::AuthServiceClient,
+};
+use axum::{Form, Json, Router, extract::State, routing::get, routing::post};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const CLIENT_ID: &str = "bench-client";
+const REDIRECT_URI: &str = "http://localhost:5173/callback";
+const ENCRYPTION_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+const POOL_SIZE: u32 = 16;
+
+// ------------------------------------------------------------ options --
+
+struct Options {
+    smoke: bool,
+    duration: Duration,
+    concurrency: usize,
+    connections: usize,
+    idle_connections: usize,
+    out: String,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let value =
+        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    Options {
+        smoke,
+        duration: Duration::from_secs_f64(
+            value("--duration").and_then(|v| v.parse().ok()).unwrap_or(if smoke {
+                1.0
+            } else {
+                8.0
+            }),
+        ),
+        concurrency: value("--concurrency").and_then(|v| v.parse().ok()).unwrap_or(64),
+        connections: value("--connections").and_then(|v| v.parse().ok()).unwrap_or(8),
+        idle_connections: if smoke { 100 } else { 1000 },
+        out: value("--out").unwrap_or_else(|| "target/bench/load.json".into()),
+    }
+}
+
+// ------------------------------------------------------ fake provider --
+
+/// Issues codes bound to a nonce and answers the token endpoint with a signed ID token that
+/// already carries the whole profile (no userinfo round trip).
+struct FakeProvider {
+    issuer: String,
+    key: EncodingKey,
+    jwk: Jwk,
+    codes: Mutex<HashMap<String, String>>,
+}
+
+impl FakeProvider {
+    fn issue_code(&self, nonce: String) -> String {
+        let code = authgate::crypto::random_handle(16);
+        self.codes.lock().unwrap().insert(code.clone(), nonce);
+        code
+    }
+}
+
+/// Ed25519: the cheapest signature to make (in the bench process) and to check (in authgate).
+async fn start_fake() -> Arc<FakeProvider> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let pkcs8_v1_prefix = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = [pkcs8_v1_prefix.as_slice(), &rand::random::<[u8; 32]>()].concat();
+    let key = EncodingKey::from_ed_der(&der);
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).unwrap();
+    jwk.common.key_id = Some("bench-key".into());
+    let fake = Arc::new(FakeProvider { issuer, key, jwk, codes: Mutex::default() });
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route(
+            "/jwks",
+            get(|State(f): State<Arc<FakeProvider>>| async move { Json(json!({"keys": [f.jwk]})) }),
+        )
+        .route("/token", post(token))
+        .with_state(Arc::clone(&fake));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    fake
+}
+
+async fn discovery(State(f): State<Arc<FakeProvider>>) -> Json<Value> {
+    Json(json!({
+        "issuer": f.issuer,
+        "authorization_endpoint": format!("{}/authorize", f.issuer),
+        "token_endpoint": format!("{}/token", f.issuer),
+        "jwks_uri": format!("{}/jwks", f.issuer),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+    }))
+}
+
+async fn token(
+    State(f): State<Arc<FakeProvider>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let nonce = form.get("code").and_then(|c| f.codes.lock().unwrap().remove(c));
+    let Some(nonce) = nonce else {
+        return (axum::http::StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})))
+            .into_response();
+    };
+    let now = chrono::Utc::now().timestamp();
+    let user = rand::random::<u16>();
+    let claims = json!({
+        "iss": f.issuer, "aud": CLIENT_ID, "sub": format!("user-{user}"), "iat": now,
+        "exp": now + 300, "nonce": nonce, "email": format!("user{user}@example.com"),
+        "email_verified": true, "name": "Bench User", "groups": ["Everyone", "bench"],
+    });
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("bench-key".into());
+    let id_token = jsonwebtoken::encode(&header, &claims, &f.key).unwrap();
+    Json(json!({
+        "access_token": authgate::crypto::random_handle(24),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "id_token": id_token,
+    }))
+    .into_response()
+}
+
+// ------------------------------------------------------------- server --
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// CPU seconds (user + system) the server has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    fn rss_mb(&self) -> f64 {
+        proc_status_kb(self.child.id(), "VmRSS:") / 1024.0
+    }
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn start_server(database_url: &str, issuer: &str) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .env("DATABASE_URL", database_url)
+        .env("AUTHGATE_LISTEN_ADDR", addr.to_string())
+        .env("AUTHGATE_ISSUER_URL", issuer)
+        .env("AUTHGATE_CLIENT_ID", CLIENT_ID)
+        .env("AUTHGATE_CLIENT_SECRET", "bench-secret")
+        .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
+        .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("AUTHGATE_DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start target/release/authgate");
+    let server = Server { child, addr };
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
+            if r.status().is_success() {
+                return server;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("authgate did not become ready");
+}
+
+// ---------------------------------------------------------- measuring --
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Stats {
+    name: String,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    /// Server CPU seconds per 1,000 requests (None for baselines that bypass the server).
+    cpu_s_per_1k: Option<f64>,
+    /// Peak server RSS during the phase.
+    peak_rss_mb: Option<f64>,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// Runs `concurrency` workers calling `op(worker)` until `duration` ends (or, with `rate`, at
+/// that many calls per second in total), and measures them. `op` returns Ok/Err; its latency is
+/// recorded either way.
+async fn measure<F, Fut>(
+    name: &str,
+    server: Option<&Server>,
+    duration: Duration,
+    concurrency: usize,
+    rate: Option<f64>,
+    op: F,
+) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let cpu_before = server.map(Server::cpu_seconds);
+    let peak_rss = Arc::new(Mutex::new(0.0f64));
+    let sampler = server.map(|s| {
+        let pid = s.child.id();
+        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak_rss));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let rss = proc_status_kb(pid, "VmRSS:") / 1024.0;
+                {
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (op, stop, errors, first_error) =
+            (Arc::clone(&op), Arc::clone(&stop), Arc::clone(&errors), Arc::clone(&first_error));
+        // Open-loop pacing: each worker's calls are due at fixed times.
+        let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(4096);
+            let mut next = Instant::now()
+                + interval
+                    .map_or(Duration::ZERO, |i| i.mul_f64(worker as f64 / concurrency as f64));
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                let t = Instant::now();
+                let result = op(worker).await;
+                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if let Err(e) = result {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    first_error.lock().unwrap().get_or_insert(e);
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+    all.sort_unstable();
+    let requests = all.len() as u64;
+    let cpu = match (server, cpu_before) {
+        (Some(s), Some(before)) if requests > 0 => {
+            Some((s.cpu_seconds() - before) / requests as f64 * 1000.0)
+        }
+        _ => None,
+    };
+    let errors = errors.load(Ordering::Relaxed);
+    if let Some(e) = first_error.lock().unwrap().take() {
+        eprintln!("  {name}: {errors} errors, first: {e}");
+    }
+    let peak = *peak_rss.lock().unwrap();
+    Stats {
+        name: name.to_string(),
+        requests,
+        errors,
+        seconds,
+        rps: requests as f64 / seconds,
+        p50_ms: percentile(&all, 0.50),
+        p90_ms: percentile(&all, 0.90),
+        p99_ms: percentile(&all, 0.99),
+        cpu_s_per_1k: cpu,
+        peak_rss_mb: server.map(|_| peak),
+    }
+}
+
+// --------------------------------------------------------------- main --
+
+struct Env {
+    clients: Vec<AuthServiceClient<Channel>>,
+    fake: Arc<FakeProvider>,
+}
+
+impl Env {
+    fn client(&self, worker: usize) -> AuthServiceClient<Channel> {
+        self.clients[worker % self.clients.len()].clone()
+    }
+
+    /// GetLoginUrl → the fake issues a code for its nonce → ExchangeCode.
+    async fn login(&self, worker: usize) -> Result<authgate::pb::ExchangeCodeResponse, String> {
+        let mut c = self.client(worker);
+        let started = c
+            .get_login_url(GetLoginUrlRequest::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let url = url::Url::parse(&started.login_url).unwrap();
+        let nonce = url.query_pairs().find(|(k, _)| k == "nonce").unwrap().1.into_owned();
+        let code = self.fake.issue_code(nonce);
+        c.exchange_code(ExchangeCodeRequest {
+            code,
+            state: started.state,
+            binding: started.binding,
+            redirect_uri: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn connect(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        channels
+            .push(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
+    }
+    channels
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_gb = proc_meminfo_kb("MemTotal:") / 1024.0 / 1024.0;
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gb": (mem_gb * 10.0).round() / 10.0,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn proc_meminfo_kb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    let base = std::env::var("AUTHGATE_BENCH_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db_name = format!("authgate_bench_{}", std::process::id());
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut admin).await.unwrap();
+    }
+    let database_url = format!("{base}/{db_name}");
+    let pg_version: String = {
+        let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+        let v = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        v
+    };
+
+    let fake = start_fake().await;
+    let server = start_server(&database_url, &fake.issuer).await;
+    let channels = connect(server.addr, o.connections).await;
+    let env = Arc::new(Env {
+        clients: channels.iter().cloned().map(AuthServiceClient::new).collect(),
+        fake: Arc::clone(&fake),
+    });
+    let (d, c) = (o.duration, o.concurrency);
+    println!(
+        "authgate load benchmark: {} s per phase, concurrency {c} over {} connections{}",
+        d.as_secs_f64(),
+        o.connections,
+        if o.smoke { " (smoke)" } else { "" }
+    );
+    let mut results: Vec<Stats> = Vec::new();
+
+    // Baselines: transport limit (the server's own health check) and store limits (raw sqlx
+    // with the same pool size and durability).
+    let health: Vec<HealthClient<Channel>> =
+        channels.iter().cloned().map(HealthClient::new).collect();
+    let health = Arc::new(health);
+    results.push(
+        measure("baseline: gRPC Health/Check", Some(&server), d, c, None, {
+            let health = Arc::clone(&health);
+            move |w| {
+                let mut h = health[w % health.len()].clone();
+                async move {
+                    h.check(HealthCheckRequest { service: String::new() })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect(&database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE bench_rows (k BYTEA PRIMARY KEY, v TEXT NOT NULL, t BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    results.push(
+        measure("baseline: sqlx INSERT (1 row)", None, d, c, None, {
+            let pool = pool.clone();
+            move |_| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                        .bind(rand::random::<[u8; 32]>().to_vec())
+                        .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
+                        .bind(1_i64)
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("baseline: sqlx INSERT + DELETE..RETURNING", None, d, c, None, {
+            let pool = pool.clone();
+            move |_| {
+                let pool = pool.clone();
+                async move {
+                    let k = rand::random::<[u8; 32]>().to_vec();
+                    sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                        .bind(&k)
+                        .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
+                        .bind(1_i64)
+                        .execute(&pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sqlx::query_scalar::<_, String>(
+                        "DELETE FROM bench_rows WHERE k = $1 RETURNING v",
+                    )
+                    .bind(&k)
+                    .fetch_one(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+    pool.close().await;
+
+    // Sessions to work with: one per worker.
+    let mut sessions = Vec::new();
+    for w in 0..c {
+        sessions.push(env.login(w).await.expect("login"));
+    }
+    let tokens: Arc<Vec<String>> =
+        Arc::new(sessions.iter().map(|s| s.access_token.clone()).collect());
+    let handles: Arc<Vec<Mutex<String>>> =
+        Arc::new(sessions.iter().map(|s| Mutex::new(s.refresh_token.clone())).collect());
+
+    results.push(
+        measure("ValidateToken", Some(&server), d, c, None, {
+            let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
+            move |w| {
+                let (mut client, token) = (env.client(w), tokens[w].clone());
+                async move {
+                    let r = client
+                        .validate_token(ValidateTokenRequest { token })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.into_inner().valid { Ok(()) } else { Err("token reported invalid".into()) }
+                }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("GetLoginUrl", Some(&server), d, c, None, {
+            let env = Arc::clone(&env);
+            move |w| {
+                let mut client = env.client(w);
+                async move {
+                    client
+                        .get_login_url(GetLoginUrlRequest::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("ExchangeCode (full flow)", Some(&server), d, c, None, {
+            let env = Arc::clone(&env);
+            move |w| {
+                let env = Arc::clone(&env);
+                async move { env.login(w).await.map(|_| ()) }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("GetUserInfo", Some(&server), d, c, None, {
+            let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
+            move |w| {
+                let (mut client, token) = (env.client(w), tokens[w].clone());
+                async move {
+                    client
+                        .get_user_info(bearer(GetUserInfoRequest { refresh: false }, &token))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("RefreshSession", Some(&server), d, c, None, {
+            let (env, handles) = (Arc::clone(&env), Arc::clone(&handles));
+            move |w| {
+                let (mut client, handles) = (env.client(w), Arc::clone(&handles));
+                async move {
+                    let current = handles[w].lock().unwrap().clone();
+                    let r = client
+                        .refresh_session(RefreshSessionRequest { refresh_token: current })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    *handles[w].lock().unwrap() = r.into_inner().refresh_token;
+                    Ok(())
+                }
+            }
+        })
+        .await,
+    );
+    let http = reqwest::Client::builder().pool_max_idle_per_host(c).build().unwrap();
+    let base_url = format!("http://{}", server.addr);
+    results.push(
+        measure("HTTP GET /api/login", Some(&server), d, c, None, {
+            let (http, base_url) = (http.clone(), base_url.clone());
+            move |_| {
+                let (http, url) = (http.clone(), format!("{base_url}/api/login"));
+                async move {
+                    let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+                    if r.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {}", r.status()))
+                    }
+                }
+            }
+        })
+        .await,
+    );
+    results.push(
+        measure("HTTP GET /api/callback (full flow)", Some(&server), d, c, None, {
+            let (http, base_url, fake) = (http.clone(), base_url.clone(), Arc::clone(&fake));
+            move |_| {
+                let (http, base_url, fake) = (http.clone(), base_url.clone(), Arc::clone(&fake));
+                async move {
+                    let started: Value = http
+                        .get(format!("{base_url}/api/login"))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .json()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let url = url::Url::parse(started["login_url"].as_str().unwrap_or_default())
+                        .map_err(|e| e.to_string())?;
+                    let nonce = url
+                        .query_pairs()
+                        .find(|(k, _)| k == "nonce")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    let code = fake.issue_code(nonce);
+                    let r = http
+                        .get(format!("{base_url}/api/callback"))
+                        .query(&[
+                            ("code", code.as_str()),
+                            ("state", started["state"].as_str().unwrap_or_default()),
+                            ("binding", started["binding"].as_str().unwrap_or_default()),
+                        ])
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {}", r.status()))
+                    }
+                }
+            }
+        })
+        .await,
+    );
+
+    // GetLoginUrl latency at half the single-row INSERT rate (open loop, fixed rate).
+    let insert_rate = results[1].rps;
+    results.push(
+        measure("GetLoginUrl @ 0.5 x INSERT rate", Some(&server), d, c, Some(insert_rate / 2.0), {
+            let env = Arc::clone(&env);
+            move |w| {
+                let mut client = env.client(w);
+                async move {
+                    client
+                        .get_login_url(GetLoginUrlRequest::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await,
+    );
+
+    // Memory with many concurrent connections: each connection validates a token now and then.
+    let idle = connect(server.addr, o.idle_connections).await;
+    let idle: Arc<Vec<AuthServiceClient<Channel>>> =
+        Arc::new(idle.into_iter().map(AuthServiceClient::new).collect());
+    let n = o.idle_connections;
+    let rss_phase = measure(
+        &format!("ValidateToken over {n} connections"),
+        Some(&server),
+        d,
+        n,
+        Some(n as f64 * 5.0),
+        {
+            let (idle, tokens) = (Arc::clone(&idle), Arc::clone(&tokens));
+            move |w| {
+                let (mut client, token) = (idle[w].clone(), tokens[w % tokens.len()].clone());
+                async move {
+                    client
+                        .validate_token(ValidateTokenRequest { token })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )
+    .await;
+    let rss_with_connections = server.rss_mb();
+    results.push(rss_phase);
+    let peak_rss = proc_status_kb(server.child.id(), "VmHWM:") / 1024.0;
+
+    // The table.
+    println!();
+    println!(
+        "{:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
+        "phase", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "CPU s/1k", "RSS MB"
+    );
+    for r in &results {
+        println!(
+            "{:<40} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10} {:>9}",
+            r.name,
+            r.rps,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.errors,
+            r.cpu_s_per_1k.map_or("-".into(), |v| format!("{v:.3}")),
+            r.peak_rss_mb.map_or("-".into(), |v| format!("{v:.1}")),
+        );
+    }
+    let by = |name: &str| results.iter().find(|r| r.name == name).unwrap();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let health_rps = by("baseline: gRPC Health/Check").rps;
+    let insert_rps = by("baseline: sqlx INSERT (1 row)").rps;
+    let pair_rps = by("baseline: sqlx INSERT + DELETE..RETURNING").rps;
+    let targets = vec![
+        (
+            "ValidateToken / Health/Check",
+            ratio(by("ValidateToken").rps, health_rps),
+            ">= 0.80",
+            ratio(by("ValidateToken").rps, health_rps) >= 0.8,
+        ),
+        (
+            "GetLoginUrl / INSERT",
+            ratio(by("GetLoginUrl").rps, insert_rps),
+            ">= 1.00",
+            ratio(by("GetLoginUrl").rps, insert_rps) >= 1.0,
+        ),
+        (
+            "GetLoginUrl p99 ms at 0.5 x INSERT rate",
+            by("GetLoginUrl @ 0.5 x INSERT rate").p99_ms,
+            "<= 5 ms",
+            by("GetLoginUrl @ 0.5 x INSERT rate").p99_ms <= 5.0,
+        ),
+        (
+            "ExchangeCode / (INSERT + DELETE pair)",
+            ratio(by("ExchangeCode (full flow)").rps, pair_rps),
+            ">= 0.50",
+            ratio(by("ExchangeCode (full flow)").rps, pair_rps) >= 0.5,
+        ),
+        ("peak RSS MB (whole run)", peak_rss, "<= 50 MB", peak_rss <= 50.0),
+    ];
+    println!();
+    for (name, value, target, met) in &targets {
+        println!(
+            "{:<44} {:>8.2}   target {:<8} {}",
+            name,
+            value,
+            target,
+            if *met { "met" } else { "NOT MET" }
+        );
+    }
+    println!("RSS with {n} connections open: {rss_with_connections:.1} MB");
+    let report = json!({
+        "machine": machine(),
+        "postgres": pg_version,
+        "smoke": o.smoke,
+        "seconds_per_phase": d.as_secs_f64(),
+        "concurrency": c,
+        "connections": o.connections,
+        "phases": results,
+        "targets": targets.iter().map(|(n, v, t, m)| json!({"name": n, "value": v, "target": t, "met": m})).collect::<Vec<_>>(),
+        "peak_rss_mb": peak_rss,
+        "rss_mb_with_connections": rss_with_connections,
+    });
+    if let Some(dir) = std::path::Path::new(&o.out).parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&o.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nmachine: {}", report["machine"]);
+    println!("written to {}", o.out);
+    drop(server);
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
