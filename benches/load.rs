@@ -50,6 +50,8 @@ struct Options {
     connections: usize,
     idle_connections: usize,
     out: String,
+    /// Run only the phases whose name contains one of these (for profiling one path).
+    only: Vec<String>,
 }
 
 fn options() -> Options {
@@ -70,6 +72,7 @@ fn options() -> Options {
         connections: value("--connections").and_then(|v| v.parse().ok()).unwrap_or(8),
         idle_connections: if smoke { 100 } else { 1000 },
         out: value("--out").unwrap_or_else(|| "target/bench/load.json".into()),
+        only: value("--only").map(|v| v.split(',').map(String::from).collect()).unwrap_or_default(),
     }
 }
 
@@ -447,7 +450,8 @@ async fn main() {
             .unwrap();
         sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut admin).await.unwrap();
     }
-    let database_url = format!("{base}/{db_name}");
+    // A database on loopback: no TLS, for authgate and the baselines alike.
+    let database_url = format!("{base}/{db_name}?sslmode=disable");
     let pg_version: String = {
         let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
         let v = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await.unwrap();
@@ -470,27 +474,30 @@ async fn main() {
         if o.smoke { " (smoke)" } else { "" }
     );
     let mut results: Vec<Stats> = Vec::new();
+    let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|w| name.contains(w.as_str()));
 
     // Baselines: transport limit (the server's own health check) and store limits (raw sqlx
     // with the same pool size and durability).
     let health: Vec<HealthClient<Channel>> =
         channels.iter().cloned().map(HealthClient::new).collect();
     let health = Arc::new(health);
-    results.push(
-        measure("baseline: gRPC Health/Check", Some(&server), d, c, None, {
-            let health = Arc::clone(&health);
-            move |w| {
-                let mut h = health[w % health.len()].clone();
-                async move {
-                    h.check(HealthCheckRequest { service: String::new() })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+    if wanted("baseline: gRPC Health/Check") {
+        results.push(
+            measure("baseline: gRPC Health/Check", Some(&server), d, c, None, {
+                let health = Arc::clone(&health);
+                move |w| {
+                    let mut h = health[w % health.len()].clone();
+                    async move {
+                        h.check(HealthCheckRequest { service: String::new() })
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
                 }
-            }
-        })
-        .await,
-    );
+            })
+            .await,
+        );
+    }
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .connect(&database_url)
@@ -502,52 +509,56 @@ async fn main() {
     .execute(&pool)
     .await
     .unwrap();
-    results.push(
-        measure("baseline: sqlx INSERT (1 row)", None, d, c, None, {
-            let pool = pool.clone();
-            move |_| {
+    if wanted("baseline: sqlx INSERT (1 row)") {
+        results.push(
+            measure("baseline: sqlx INSERT (1 row)", None, d, c, None, {
                 let pool = pool.clone();
-                async move {
-                    sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
-                        .bind(rand::random::<[u8; 32]>().to_vec())
-                        .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
-                        .bind(1_i64)
-                        .execute(&pool)
+                move |_| {
+                    let pool = pool.clone();
+                    async move {
+                        sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                            .bind(rand::random::<[u8; 32]>().to_vec())
+                            .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
+                            .bind(1_i64)
+                            .execute(&pool)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .await,
+        );
+    }
+    if wanted("baseline: sqlx INSERT + DELETE..RETURNING") {
+        results.push(
+            measure("baseline: sqlx INSERT + DELETE..RETURNING", None, d, c, None, {
+                let pool = pool.clone();
+                move |_| {
+                    let pool = pool.clone();
+                    async move {
+                        let k = rand::random::<[u8; 32]>().to_vec();
+                        sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                            .bind(&k)
+                            .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
+                            .bind(1_i64)
+                            .execute(&pool)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        sqlx::query_scalar::<_, String>(
+                            "DELETE FROM bench_rows WHERE k = $1 RETURNING v",
+                        )
+                        .bind(&k)
+                        .fetch_one(&pool)
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string())
+                    }
                 }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("baseline: sqlx INSERT + DELETE..RETURNING", None, d, c, None, {
-            let pool = pool.clone();
-            move |_| {
-                let pool = pool.clone();
-                async move {
-                    let k = rand::random::<[u8; 32]>().to_vec();
-                    sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
-                        .bind(&k)
-                        .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
-                        .bind(1_i64)
-                        .execute(&pool)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    sqlx::query_scalar::<_, String>(
-                        "DELETE FROM bench_rows WHERE k = $1 RETURNING v",
-                    )
-                    .bind(&k)
-                    .fetch_one(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-                }
-            }
-        })
-        .await,
-    );
+            })
+            .await,
+        );
+    }
     pool.close().await;
 
     // Sessions to work with: one per worker.
@@ -560,191 +571,226 @@ async fn main() {
     let handles: Arc<Vec<Mutex<String>>> =
         Arc::new(sessions.iter().map(|s| Mutex::new(s.refresh_token.clone())).collect());
 
-    results.push(
-        measure("ValidateToken", Some(&server), d, c, None, {
-            let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
-            move |w| {
-                let (mut client, token) = (env.client(w), tokens[w].clone());
-                async move {
-                    let r = client
-                        .validate_token(ValidateTokenRequest { token })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if r.into_inner().valid { Ok(()) } else { Err("token reported invalid".into()) }
+    if wanted("ValidateToken") {
+        results.push(
+            measure("ValidateToken", Some(&server), d, c, None, {
+                let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
+                move |w| {
+                    let (mut client, token) = (env.client(w), tokens[w].clone());
+                    async move {
+                        let r = client
+                            .validate_token(ValidateTokenRequest { token })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if r.into_inner().valid {
+                            Ok(())
+                        } else {
+                            Err("token reported invalid".into())
+                        }
+                    }
                 }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("GetLoginUrl", Some(&server), d, c, None, {
-            let env = Arc::clone(&env);
-            move |w| {
-                let mut client = env.client(w);
-                async move {
-                    client
-                        .get_login_url(GetLoginUrlRequest::default())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("ExchangeCode (full flow)", Some(&server), d, c, None, {
-            let env = Arc::clone(&env);
-            move |w| {
+            })
+            .await,
+        );
+    }
+    if wanted("GetLoginUrl") {
+        results.push(
+            measure("GetLoginUrl", Some(&server), d, c, None, {
                 let env = Arc::clone(&env);
-                async move { env.login(w).await.map(|_| ()) }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("GetUserInfo", Some(&server), d, c, None, {
-            let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
-            move |w| {
-                let (mut client, token) = (env.client(w), tokens[w].clone());
-                async move {
-                    client
-                        .get_user_info(bearer(GetUserInfoRequest { refresh: false }, &token))
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                move |w| {
+                    let mut client = env.client(w);
+                    async move {
+                        client
+                            .get_login_url(GetLoginUrlRequest::default())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
                 }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("RefreshSession", Some(&server), d, c, None, {
-            let (env, handles) = (Arc::clone(&env), Arc::clone(&handles));
-            move |w| {
-                let (mut client, handles) = (env.client(w), Arc::clone(&handles));
-                async move {
-                    let current = handles[w].lock().unwrap().clone();
-                    let r = client
-                        .refresh_session(RefreshSessionRequest { refresh_token: current })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    *handles[w].lock().unwrap() = r.into_inner().refresh_token;
-                    Ok(())
+            })
+            .await,
+        );
+    }
+    if wanted("ExchangeCode (full flow)") {
+        results.push(
+            measure("ExchangeCode (full flow)", Some(&server), d, c, None, {
+                let env = Arc::clone(&env);
+                move |w| {
+                    let env = Arc::clone(&env);
+                    async move { env.login(w).await.map(|_| ()) }
                 }
-            }
-        })
-        .await,
-    );
+            })
+            .await,
+        );
+    }
+    if wanted("GetUserInfo") {
+        results.push(
+            measure("GetUserInfo", Some(&server), d, c, None, {
+                let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
+                move |w| {
+                    let (mut client, token) = (env.client(w), tokens[w].clone());
+                    async move {
+                        client
+                            .get_user_info(bearer(GetUserInfoRequest { refresh: false }, &token))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .await,
+        );
+    }
+    if wanted("RefreshSession") {
+        results.push(
+            measure("RefreshSession", Some(&server), d, c, None, {
+                let (env, handles) = (Arc::clone(&env), Arc::clone(&handles));
+                move |w| {
+                    let (mut client, handles) = (env.client(w), Arc::clone(&handles));
+                    async move {
+                        let current = handles[w].lock().unwrap().clone();
+                        let r = client
+                            .refresh_session(RefreshSessionRequest { refresh_token: current })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        *handles[w].lock().unwrap() = r.into_inner().refresh_token;
+                        Ok(())
+                    }
+                }
+            })
+            .await,
+        );
+    }
     let http = reqwest::Client::builder().pool_max_idle_per_host(c).build().unwrap();
     let base_url = format!("http://{}", server.addr);
-    results.push(
-        measure("HTTP GET /api/login", Some(&server), d, c, None, {
-            let (http, base_url) = (http.clone(), base_url.clone());
-            move |_| {
-                let (http, url) = (http.clone(), format!("{base_url}/api/login"));
-                async move {
-                    let r = http.get(url).send().await.map_err(|e| e.to_string())?;
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {}", r.status()))
+    if wanted("HTTP GET /api/login") {
+        results.push(
+            measure("HTTP GET /api/login", Some(&server), d, c, None, {
+                let (http, base_url) = (http.clone(), base_url.clone());
+                move |_| {
+                    let (http, url) = (http.clone(), format!("{base_url}/api/login"));
+                    async move {
+                        let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+                        if r.status().is_success() {
+                            Ok(())
+                        } else {
+                            Err(format!("HTTP {}", r.status()))
+                        }
                     }
                 }
-            }
-        })
-        .await,
-    );
-    results.push(
-        measure("HTTP GET /api/callback (full flow)", Some(&server), d, c, None, {
-            let (http, base_url, fake) = (http.clone(), base_url.clone(), Arc::clone(&fake));
-            move |_| {
+            })
+            .await,
+        );
+    }
+    if wanted("HTTP GET /api/callback (full flow)") {
+        results.push(
+            measure("HTTP GET /api/callback (full flow)", Some(&server), d, c, None, {
                 let (http, base_url, fake) = (http.clone(), base_url.clone(), Arc::clone(&fake));
-                async move {
-                    let started: Value = http
-                        .get(format!("{base_url}/api/login"))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .json()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let url = url::Url::parse(started["login_url"].as_str().unwrap_or_default())
-                        .map_err(|e| e.to_string())?;
-                    let nonce = url
-                        .query_pairs()
-                        .find(|(k, _)| k == "nonce")
-                        .map(|(_, v)| v.into_owned())
-                        .unwrap_or_default();
-                    let code = fake.issue_code(nonce);
-                    let r = http
-                        .get(format!("{base_url}/api/callback"))
-                        .query(&[
-                            ("code", code.as_str()),
-                            ("state", started["state"].as_str().unwrap_or_default()),
-                            ("binding", started["binding"].as_str().unwrap_or_default()),
-                        ])
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {}", r.status()))
+                move |_| {
+                    let (http, base_url, fake) =
+                        (http.clone(), base_url.clone(), Arc::clone(&fake));
+                    async move {
+                        let started: Value = http
+                            .get(format!("{base_url}/api/login"))
+                            .send()
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .json()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let url =
+                            url::Url::parse(started["login_url"].as_str().unwrap_or_default())
+                                .map_err(|e| e.to_string())?;
+                        let nonce = url
+                            .query_pairs()
+                            .find(|(k, _)| k == "nonce")
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default();
+                        let code = fake.issue_code(nonce);
+                        let r = http
+                            .get(format!("{base_url}/api/callback"))
+                            .query(&[
+                                ("code", code.as_str()),
+                                ("state", started["state"].as_str().unwrap_or_default()),
+                                ("binding", started["binding"].as_str().unwrap_or_default()),
+                            ])
+                            .send()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if r.status().is_success() {
+                            Ok(())
+                        } else {
+                            Err(format!("HTTP {}", r.status()))
+                        }
                     }
                 }
-            }
-        })
-        .await,
-    );
+            })
+            .await,
+        );
+    }
 
     // GetLoginUrl latency at half the single-row INSERT rate (open loop, fixed rate).
-    let insert_rate = results[1].rps;
-    results.push(
-        measure("GetLoginUrl @ 0.5 x INSERT rate", Some(&server), d, c, Some(insert_rate / 2.0), {
-            let env = Arc::clone(&env);
-            move |w| {
-                let mut client = env.client(w);
-                async move {
-                    client
-                        .get_login_url(GetLoginUrlRequest::default())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            }
-        })
-        .await,
-    );
+    let insert_rate = results
+        .iter()
+        .find(|r| r.name == "baseline: sqlx INSERT (1 row)")
+        .map_or(8000.0, |r| r.rps);
+    if wanted("GetLoginUrl @ 0.5 x INSERT rate") {
+        results.push(
+            measure(
+                "GetLoginUrl @ 0.5 x INSERT rate",
+                Some(&server),
+                d,
+                c,
+                Some(insert_rate / 2.0),
+                {
+                    let env = Arc::clone(&env);
+                    move |w| {
+                        let mut client = env.client(w);
+                        async move {
+                            client
+                                .get_login_url(GetLoginUrlRequest::default())
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                },
+            )
+            .await,
+        );
+    }
 
     // Memory with many concurrent connections: each connection validates a token now and then.
-    let idle = connect(server.addr, o.idle_connections).await;
-    let idle: Arc<Vec<AuthServiceClient<Channel>>> =
-        Arc::new(idle.into_iter().map(AuthServiceClient::new).collect());
     let n = o.idle_connections;
-    let rss_phase = measure(
-        &format!("ValidateToken over {n} connections"),
-        Some(&server),
-        d,
-        n,
-        Some(n as f64 * 5.0),
-        {
-            let (idle, tokens) = (Arc::clone(&idle), Arc::clone(&tokens));
-            move |w| {
-                let (mut client, token) = (idle[w].clone(), tokens[w % tokens.len()].clone());
-                async move {
-                    client
-                        .validate_token(ValidateTokenRequest { token })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+    let mut rss_with_connections = 0.0;
+    if wanted("connections") {
+        let idle = connect(server.addr, o.idle_connections).await;
+        let idle: Arc<Vec<AuthServiceClient<Channel>>> =
+            Arc::new(idle.into_iter().map(AuthServiceClient::new).collect());
+        let rss_phase = measure(
+            &format!("ValidateToken over {n} connections"),
+            Some(&server),
+            d,
+            n,
+            Some(n as f64 * 5.0),
+            {
+                let (idle, tokens) = (Arc::clone(&idle), Arc::clone(&tokens));
+                move |w| {
+                    let (mut client, token) = (idle[w].clone(), tokens[w % tokens.len()].clone());
+                    async move {
+                        client
+                            .validate_token(ValidateTokenRequest { token })
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
                 }
-            }
-        },
-    )
-    .await;
-    let rss_with_connections = server.rss_mb();
-    results.push(rss_phase);
+            },
+        )
+        .await;
+        results.push(rss_phase);
+        rss_with_connections = server.rss_mb();
+    }
     let peak_rss = proc_status_kb(server.child.id(), "VmHWM:") / 1024.0;
 
     // The table.
@@ -766,7 +812,8 @@ async fn main() {
             r.peak_rss_mb.map_or("-".into(), |v| format!("{v:.1}")),
         );
     }
-    let by = |name: &str| results.iter().find(|r| r.name == name).unwrap();
+    let none = Stats::default();
+    let by = |name: &str| results.iter().find(|r| r.name == name).unwrap_or(&none);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let health_rps = by("baseline: gRPC Health/Check").rps;
     let insert_rps = by("baseline: sqlx INSERT (1 row)").rps;

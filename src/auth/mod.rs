@@ -16,7 +16,7 @@ use crate::{
     provider::{AuthorizationRequest, IdentityProvider},
     revocation::Revocations,
     secret::Secret,
-    store::{AttemptWriter, Consumed, LoginAttempt, SessionRecord, Store},
+    store::{Batcher, Consumed, LoginAttempt, SessionRecord, Store},
     tokens::{Claims, TokenIssuer, now},
 };
 
@@ -84,8 +84,41 @@ pub struct Authenticator {
     tokens: Arc<TokenIssuer>,
     cipher: Cipher,
     revocations: Arc<Revocations>,
-    /// Group-commits login attempts (see [`AttemptWriter`]).
-    attempts: AttemptWriter,
+    /// Group commit for the three writes of every login (see [`Batcher`]).
+    writes: Writes,
+}
+
+/// The batched writes of the login path.
+struct Writes {
+    attempts: Batcher<LoginAttempt, ()>,
+    consumes: Batcher<(Vec<u8>, Vec<u8>), Consumed>,
+    sessions: Batcher<(SessionRecord, Vec<u8>), ()>,
+}
+
+impl Writes {
+    fn start(store: &Store, pool_size: u32) -> Self {
+        // A quarter of the pool each, so plain queries always find a connection.
+        let in_flight = (pool_size / 8).max(1) as usize;
+        let (a, c, s) = (store.clone(), store.clone(), store.clone());
+        Self {
+            attempts: Batcher::start(in_flight, move |batch: Vec<LoginAttempt>| {
+                let store = a.clone();
+                Box::pin(async move {
+                    store.insert_attempts(&batch).await.map(|()| vec![(); batch.len()])
+                })
+            }),
+            consumes: Batcher::start(in_flight, move |batch: Vec<(Vec<u8>, Vec<u8>)>| {
+                let store = c.clone();
+                Box::pin(async move { store.consume_attempts(&batch).await })
+            }),
+            sessions: Batcher::start(in_flight, move |batch: Vec<(SessionRecord, Vec<u8>)>| {
+                let store = s.clone();
+                Box::pin(async move {
+                    store.insert_sessions(&batch).await.map(|()| vec![(); batch.len()])
+                })
+            }),
+        }
+    }
 }
 
 impl Authenticator {
@@ -97,10 +130,8 @@ impl Authenticator {
         cipher: Cipher,
         revocations: Arc<Revocations>,
     ) -> Self {
-        // Leave half the pool for everything else.
-        let in_flight = (config.database_max_connections / 2).max(1) as usize;
-        let attempts = AttemptWriter::start(store.clone(), in_flight);
-        Self { config, store, provider, tokens, cipher, revocations, attempts }
+        let writes = Writes::start(&store, config.database_max_connections);
+        Self { config, store, provider, tokens, cipher, revocations, writes }
     }
 
     pub fn revocations(&self) -> &Arc<Revocations> {
@@ -206,8 +237,9 @@ impl Authenticator {
         })?;
         let created_at = now();
         let expires_at = created_at + self.config.attempt_ttl.as_secs() as i64;
-        self.attempts
-            .insert(LoginAttempt {
+        self.writes
+            .attempts
+            .call(LoginAttempt {
                 state_hash: sha256(state.as_bytes()).to_vec(),
                 binding_hash: sha256(binding.as_bytes()).to_vec(),
                 nonce,
@@ -252,8 +284,9 @@ impl Authenticator {
         }
 
         let attempt = match self
-            .store
-            .consume_attempt(&sha256(state.as_bytes()), &sha256(binding.as_bytes()))
+            .writes
+            .consumes
+            .call((sha256(state.as_bytes()).to_vec(), sha256(binding.as_bytes()).to_vec()))
             .await?
         {
             Consumed::Attempt(a) => a,
@@ -302,7 +335,10 @@ impl Authenticator {
             revoked_at: None,
             cookie_hash: cookie.as_ref().map(|c| sha256(c.expose().as_bytes()).to_vec()),
         };
-        self.store.insert_session(&record, &sha256(refresh_token.expose().as_bytes())).await?;
+        self.writes
+            .sessions
+            .call((record.clone(), sha256(refresh_token.expose().as_bytes()).to_vec()))
+            .await?;
         let (token, claims) = self
             .tokens
             .mint(&session_id, &login.profile, record.expires_at)

@@ -1,35 +1,50 @@
-//! Group commit for login attempts. GetLoginUrl is the busiest write: each call stores one
-//! attempt, and one durable commit per call caps the rate at what the database's commit (fsync)
-//! rate allows. The writer gathers the attempts that arrive while earlier writes are in flight
-//! and inserts them with one multi-row INSERT — one round trip and one commit for the batch.
-//! Durability is unchanged: every caller returns only after its attempt is committed. Under low
-//! load a batch is a single attempt, so nothing waits for a batch to fill.
+//! Group commit for the hot writes. Each login writes three times — GetLoginUrl stores an
+//! attempt, ExchangeCode consumes it and stores the session — and one statement and one durable
+//! commit per write caps the login rate at the database's statement and commit rate. A
+//! [`Batcher`] gathers the requests that arrive while earlier writes are in flight and hands
+//! them to one set-based statement: one round trip and one commit for the batch.
+//!
+//! Durability and atomicity are unchanged: every caller returns only after the statement that
+//! carries its request has committed, and each request's result is its own (a consume still
+//! succeeds for exactly one caller). Under low load a batch is a single request, so nothing
+//! waits for a batch to fill.
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{LoginAttempt, Store, StoreError};
+use super::StoreError;
 
-/// Most attempts in one INSERT.
+/// Most requests in one statement.
 const MAX_BATCH: usize = 128;
 /// Queue length before callers wait (backpressure).
 const QUEUE: usize = 4096;
 
-type Pending = (LoginAttempt, oneshot::Sender<Result<(), StoreError>>);
+type Waiter<R> = oneshot::Sender<Result<R, StoreError>>;
+type BatchFuture<R> = Pin<Box<dyn Future<Output = Result<Vec<R>, StoreError>> + Send>>;
 
-/// Inserts login attempts in batches; cheap to clone.
-#[derive(Clone)]
-pub struct AttemptWriter {
-    tx: mpsc::Sender<Pending>,
+/// Runs requests of type `T` in batches; the batch function returns one result per request, in
+/// order. Cheap to clone; stops when every clone is dropped.
+pub struct Batcher<T, R> {
+    tx: mpsc::Sender<(T, Waiter<R>)>,
 }
 
-impl AttemptWriter {
-    /// Starts the writer; at most `max_in_flight` batches are written at once (keep it below
-    /// the pool size so other queries still get connections). Stops when every clone is dropped.
-    pub fn start(store: Store, max_in_flight: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone() }
+    }
+}
+
+impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
+    /// Starts the batcher; at most `max_in_flight` batches run at once (keep it below the pool
+    /// size so other queries still get connections).
+    pub fn start<F>(max_in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> BatchFuture<R> + Send + Sync + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<(T, Waiter<R>)>(QUEUE);
         let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let run = Arc::new(run);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 // Wait for a free slot first: whatever queues up meanwhile joins this batch.
@@ -41,13 +56,31 @@ impl AttemptWriter {
                         Err(_) => break,
                     }
                 }
-                let store = store.clone();
+                let run = Arc::clone(&run);
                 tokio::spawn(async move {
-                    let (attempts, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let result = store.insert_attempts(&attempts).await;
+                    let (items, waiters): (Vec<T>, Vec<Waiter<R>>) = batch.into_iter().unzip();
+                    let expected = items.len();
+                    let result = run(items).await;
                     drop(permit);
-                    for waiter in waiters {
-                        let _ = waiter.send(result.clone());
+                    match result {
+                        Ok(results) if results.len() == expected => {
+                            for (waiter, r) in waiters.into_iter().zip(results) {
+                                let _ = waiter.send(Ok(r));
+                            }
+                        }
+                        Ok(_) => {
+                            let e = StoreError::Other(
+                                "batch returned the wrong number of results".into(),
+                            );
+                            for waiter in waiters {
+                                let _ = waiter.send(Err(e.clone()));
+                            }
+                        }
+                        Err(e) => {
+                            for waiter in waiters {
+                                let _ = waiter.send(Err(e.clone()));
+                            }
+                        }
                     }
                 });
             }
@@ -55,13 +88,11 @@ impl AttemptWriter {
         Self { tx }
     }
 
-    /// Stores one attempt; returns once it is committed.
-    pub async fn insert(&self, attempt: LoginAttempt) -> Result<(), StoreError> {
+    /// Runs one request; returns its result once the batch carrying it has committed.
+    pub async fn call(&self, item: T) -> Result<R, StoreError> {
+        let stopped = || StoreError::Unavailable("the batch writer has stopped".into());
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send((attempt, done))
-            .await
-            .map_err(|_| StoreError::Unavailable("the attempt writer has stopped".into()))?;
-        wait.await.map_err(|_| StoreError::Unavailable("the attempt writer has stopped".into()))?
+        self.tx.send((item, done)).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 }

@@ -16,7 +16,7 @@ use sqlx::{
 };
 
 use crate::config::DatabaseConfig;
-pub use batch::AttemptWriter;
+pub use batch::Batcher;
 pub use sql::{PgStore, SqliteStore};
 
 /// A pending login, created by GetLoginUrl and consumed once by ExchangeCode.
@@ -48,7 +48,7 @@ impl std::fmt::Debug for LoginAttempt {
 }
 
 /// What consuming an attempt found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Consumed {
     /// The attempt existed with this binding and is now deleted; nobody else can consume it.
     Attempt(LoginAttempt),
@@ -279,6 +279,23 @@ impl Store {
         binding_hash: &[u8],
     ) -> Result<Consumed, StoreError> {
         on_backend!(self, s => s.consume_attempt(state_hash, binding_hash).await)
+    }
+
+    /// [`Self::consume_attempt`] for several `(state_hash, binding_hash)` requests at once, one
+    /// result per request, in order.
+    pub async fn consume_attempts(
+        &self,
+        requests: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<Consumed>, StoreError> {
+        on_backend!(self, s => s.consume_attempts(requests).await)
+    }
+
+    /// Inserts several sessions, each with its first refresh handle, atomically.
+    pub async fn insert_sessions(
+        &self,
+        sessions: &[(SessionRecord, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        on_backend!(self, s => s.insert_sessions(sessions).await)
     }
 
     /// Deletes attempts that expired before `now`; returns how many.

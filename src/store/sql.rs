@@ -53,29 +53,6 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// Inserts several attempts in one statement (one round trip, one commit).
-            pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
-                if attempts.is_empty() {
-                    return Ok(());
-                }
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO login_attempts \
-                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at) ",
-                );
-                q.push_values(attempts, |mut row, a| {
-                    row.push_bind(&a.state_hash)
-                        .push_bind(&a.binding_hash)
-                        .push_bind(&a.nonce)
-                        .push_bind(&a.pkce_verifier)
-                        .push_bind(&a.redirect_uri)
-                        .push_bind(&a.return_to)
-                        .push_bind(a.created_at)
-                        .push_bind(a.expires_at);
-                });
-                q.build().execute(&self.pool).await?;
-                Ok(())
-            }
-
             pub async fn consume_attempt(
                 &self,
                 state_hash: &[u8],
@@ -113,42 +90,6 @@ macro_rules! sql_store {
                     .bind(now)
                     .fetch_one(&self.pool)
                     .await?)
-            }
-
-            pub async fn insert_session(
-                &self,
-                s: &SessionRecord,
-                refresh_handle_hash: &[u8],
-            ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(&format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ))
-                .bind(&s.id)
-                .bind(&s.subject)
-                .bind(&s.profile)
-                .bind(&s.provider_access_token)
-                .bind(&s.provider_refresh_token)
-                .bind(&s.provider_id_token)
-                .bind(&s.provider_sid)
-                .bind(s.provider_token_expires_at)
-                .bind(s.created_at)
-                .bind(s.expires_at)
-                .bind(s.revoked_at)
-                .bind(&s.cookie_hash)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
-                )
-                .bind(refresh_handle_hash)
-                .bind(&s.id)
-                .bind(s.created_at)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
             }
 
             pub async fn use_refresh_handle(
@@ -390,3 +331,258 @@ macro_rules! sql_store {
 
 sql_store!(PgStore, sqlx::Postgres, "migrations/postgres");
 sql_store!(SqliteStore, sqlx::Sqlite, "migrations/sqlite");
+
+// The two hottest writes get a statement of their own on PostgreSQL: one prepared statement
+// for any batch size, and one round trip for a session and its first refresh handle.
+
+impl PgStore {
+    /// Inserts several attempts with one statement (one round trip, one commit), whatever
+    /// their number: the columns travel as arrays and UNNEST turns them into rows.
+    pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&LoginAttempt) -> Vec<u8>| attempts.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO login_attempts \
+             (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at) \
+             SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::int8[], $8::int8[])",
+        )
+        .bind(column(|a| a.state_hash.clone()))
+        .bind(column(|a| a.binding_hash.clone()))
+        .bind(attempts.iter().map(|a| a.nonce.clone()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.pkce_verifier.clone()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.redirect_uri.clone()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.return_to.clone()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.created_at).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.expires_at).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Consumes several attempts with one statement: each request gets the attempt it deleted,
+    /// and a request that deleted nothing learns whether the state exists (wrong binding) or
+    /// not. Two requests for the same state in one batch: the first gets it.
+    pub async fn consume_attempts(
+        &self,
+        requests: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<Consumed>, StoreError> {
+        let states: Vec<Vec<u8>> = requests.iter().map(|(s, _)| s.clone()).collect();
+        let bindings: Vec<Vec<u8>> = requests.iter().map(|(_, b)| b.clone()).collect();
+        let mut deleted: Vec<LoginAttempt> = sqlx::query_as(
+            "WITH req AS (SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) AS r(state_hash, binding_hash)) \
+             DELETE FROM login_attempts a USING req \
+             WHERE a.state_hash = req.state_hash AND a.binding_hash = req.binding_hash \
+             RETURNING a.state_hash, a.binding_hash, a.nonce, a.pkce_verifier, a.redirect_uri, \
+             a.return_to, a.created_at, a.expires_at",
+        )
+        .bind(&states)
+        .bind(&bindings)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut results: Vec<Option<Consumed>> = requests
+            .iter()
+            .map(|(state, binding)| {
+                deleted
+                    .iter()
+                    .position(|a| &a.state_hash == state && &a.binding_hash == binding)
+                    .map(|i| Consumed::Attempt(deleted.swap_remove(i)))
+            })
+            .collect();
+        let misses: Vec<Vec<u8>> = requests
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|((state, _), _)| state.clone())
+            .collect();
+        if !misses.is_empty() {
+            let existing: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT state_hash FROM login_attempts WHERE state_hash = ANY($1)",
+            )
+            .bind(&misses)
+            .fetch_all(&self.pool)
+            .await?;
+            for ((state, _), r) in requests.iter().zip(results.iter_mut()) {
+                if r.is_none() {
+                    *r = Some(if existing.contains(state) {
+                        Consumed::WrongBinding
+                    } else {
+                        Consumed::NotFound
+                    });
+                }
+            }
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Consumed::NotFound)).collect())
+    }
+
+    /// Several sessions and their first refresh handles in one statement (atomic).
+    pub async fn insert_sessions(
+        &self,
+        sessions: &[(SessionRecord, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&SessionRecord) -> String| {
+            sessions.iter().map(|(s, _)| f(s)).collect::<Vec<_>>()
+        };
+        let bytes = |f: fn(&SessionRecord) -> Option<Vec<u8>>| {
+            sessions.iter().map(|(s, _)| f(s)).collect::<Vec<_>>()
+        };
+        let int = |f: fn(&SessionRecord) -> Option<i64>| {
+            sessions.iter().map(|(s, _)| f(s)).collect::<Vec<_>>()
+        };
+        sqlx::query(&format!(
+            "WITH s AS (INSERT INTO sessions ({SESSION_COLUMNS}) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], \
+             $6::bytea[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::bytea[])) \
+             INSERT INTO refresh_handles (handle_hash, session_id, created_at) \
+             SELECT * FROM UNNEST($13::bytea[], $14::text[], $15::int8[])"
+        ))
+        .bind(col(|s| s.id.clone()))
+        .bind(col(|s| s.subject.clone()))
+        .bind(col(|s| s.profile.clone()))
+        .bind(bytes(|s| s.provider_access_token.clone()))
+        .bind(bytes(|s| s.provider_refresh_token.clone()))
+        .bind(bytes(|s| s.provider_id_token.clone()))
+        .bind(sessions.iter().map(|(s, _)| s.provider_sid.clone()).collect::<Vec<_>>())
+        .bind(int(|s| s.provider_token_expires_at))
+        .bind(int(|s| Some(s.created_at)))
+        .bind(int(|s| Some(s.expires_at)))
+        .bind(int(|s| s.revoked_at))
+        .bind(bytes(|s| s.cookie_hash.clone()))
+        .bind(sessions.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>())
+        .bind(col(|s| s.id.clone()))
+        .bind(int(|s| Some(s.created_at)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A session and its first refresh handle in one statement (atomic by itself).
+    pub async fn insert_session(
+        &self,
+        s: &SessionRecord,
+        refresh_handle_hash: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "WITH s AS (INSERT INTO sessions ({SESSION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
+             INSERT INTO refresh_handles (handle_hash, session_id, created_at) SELECT $13, id, $9 FROM s"
+        ))
+        .bind(&s.id)
+        .bind(&s.subject)
+        .bind(&s.profile)
+        .bind(&s.provider_access_token)
+        .bind(&s.provider_refresh_token)
+        .bind(&s.provider_id_token)
+        .bind(&s.provider_sid)
+        .bind(s.provider_token_expires_at)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.revoked_at)
+        .bind(&s.cookie_hash)
+        .bind(refresh_handle_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// One by one: SQLite serialises writes anyway.
+    pub async fn consume_attempts(
+        &self,
+        requests: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<Consumed>, StoreError> {
+        let mut results = Vec::with_capacity(requests.len());
+        for (state, binding) in requests {
+            results.push(self.consume_attempt(state, binding).await?);
+        }
+        Ok(results)
+    }
+
+    /// All in one transaction.
+    pub async fn insert_sessions(
+        &self,
+        sessions: &[(SessionRecord, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (s, handle) in sessions {
+            insert_session_sqlite(&mut tx, s, handle).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts several attempts in one statement (one round trip, one commit).
+    pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO login_attempts \
+                     (state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at) ",
+        );
+        q.push_values(attempts, |mut row, a| {
+            row.push_bind(&a.state_hash)
+                .push_bind(&a.binding_hash)
+                .push_bind(&a.nonce)
+                .push_bind(&a.pkce_verifier)
+                .push_bind(&a.redirect_uri)
+                .push_bind(&a.return_to)
+                .push_bind(a.created_at)
+                .push_bind(a.expires_at);
+        });
+        q.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A session and its first refresh handle, in one transaction.
+    pub async fn insert_session(
+        &self,
+        s: &SessionRecord,
+        refresh_handle_hash: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_session_sqlite(&mut tx, s, refresh_handle_hash).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_session_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    s: &SessionRecord,
+    refresh_handle_hash: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(&s.id)
+    .bind(&s.subject)
+    .bind(&s.profile)
+    .bind(&s.provider_access_token)
+    .bind(&s.provider_refresh_token)
+    .bind(&s.provider_id_token)
+    .bind(&s.provider_sid)
+    .bind(s.provider_token_expires_at)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .bind(s.revoked_at)
+    .bind(&s.cookie_hash)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(refresh_handle_hash)
+    .bind(&s.id)
+    .bind(s.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

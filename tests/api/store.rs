@@ -91,6 +91,49 @@ async fn exercise(store: Store) {
     }
     assert_eq!(winners, 1);
 
+    // Batched: several consumes in one statement, each with its own result; two requests for
+    // the same state in one batch: only the first gets it.
+    for (state, binding) in [("b1", "x"), ("b2", "y"), ("b3", "z")] {
+        store.insert_attempt(&attempt(state, binding, 600)).await.unwrap();
+    }
+    let req = |s: &str, b: &str| (sha256(s.as_bytes()).to_vec(), sha256(b.as_bytes()).to_vec());
+    let results = store
+        .consume_attempts(&[
+            req("b1", "x"),
+            req("b1", "x"),
+            req("b2", "wrong"),
+            req("nope", "x"),
+            req("b3", "z"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Consumed::Attempt(_)), "{results:?}");
+    assert!(matches!(results[1], Consumed::NotFound), "{results:?}");
+    assert!(matches!(results[2], Consumed::WrongBinding), "{results:?}");
+    assert!(matches!(results[3], Consumed::NotFound), "{results:?}");
+    assert!(matches!(results[4], Consumed::Attempt(_)), "{results:?}");
+    assert!(matches!(
+        store.consume_attempt(&sha256(b"b2"), &sha256(b"y")).await.unwrap(),
+        Consumed::Attempt(_)
+    ));
+    // Batched inserts of attempts.
+    let batch: Vec<LoginAttempt> =
+        (0..50).map(|i| attempt(&format!("bulk-{i}"), "b", 600)).collect();
+    store.insert_attempts(&batch).await.unwrap();
+    assert!(matches!(
+        store.consume_attempt(&sha256(b"bulk-49"), &sha256(b"b")).await.unwrap(),
+        Consumed::Attempt(_)
+    ));
+    let bulk_states: Vec<_> = (0..49).map(|i| req(&format!("bulk-{i}"), "b")).collect();
+    assert!(
+        store
+            .consume_attempts(&bulk_states)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| matches!(c, Consumed::Attempt(_)))
+    );
+
     // Expired attempts are swept; live ones stay.
     store.insert_attempt(&attempt("old", "b", -10)).await.unwrap();
     store.insert_attempt(&attempt("live", "b", 600)).await.unwrap();
@@ -122,6 +165,29 @@ async fn exercise(store: Store) {
     assert_eq!(got.provider_access_token, Some(vec![9, 9]));
     assert_eq!(got.provider_token_expires_at, Some(5));
     assert!(!store.update_session_profile("missing", "{}", None).await.unwrap());
+
+    // Batched session inserts, each with its handle.
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        let mut s = session(&format!("bulk-session-{i}"));
+        s.cookie_hash = None;
+        if i % 2 == 0 {
+            s.provider_sid = None;
+            s.provider_access_token = None;
+        }
+        batch.push((s, sha256(format!("bulk-handle-{i}").as_bytes()).to_vec()));
+    }
+    store.insert_sessions(&batch).await.unwrap();
+    let got = store.get_session("bulk-session-3").await.unwrap().unwrap();
+    assert_eq!(got.provider_sid.as_deref(), Some("psid"));
+    assert_eq!(got.provider_id_token, Some(vec![0, 255, 7]));
+    assert!(
+        store.get_session("bulk-session-2").await.unwrap().unwrap().provider_access_token.is_none()
+    );
+    assert_eq!(
+        store.use_refresh_handle(&sha256(b"bulk-handle-4"), now()).await.unwrap(),
+        RefreshUse::Fresh("bulk-session-4".into())
+    );
 
     // Refresh handles: single use; a second use is recognised as reuse; release undoes a use.
     use authgate::store::RefreshUse;
@@ -198,7 +264,7 @@ async fn exercise(store: Store) {
 
     // Sweeping ended sessions removes them and their handles; recent ones stay.
     assert_eq!(store.sweep_ended_sessions(now() + 10, 60).await.unwrap(), 0);
-    assert_eq!(store.sweep_ended_sessions(now() + 100_000, 60).await.unwrap(), 3);
+    assert_eq!(store.sweep_ended_sessions(now() + 100_000, 60).await.unwrap(), 8);
     assert!(store.get_session("s-2").await.unwrap().is_none());
     assert_eq!(
         store.use_refresh_handle(&sha256(b"h-s2"), now()).await.unwrap(),
