@@ -256,22 +256,30 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// What one run of a load produced.
+struct Sample {
+    latencies: Vec<u32>,
+    errors: u64,
+    seconds: f64,
+    /// Server CPU seconds used during the run.
+    cpu_seconds: Option<f64>,
+    peak_rss_mb: f64,
+}
+
 /// Runs `concurrency` workers calling `op(worker)` until `duration` ends (or, with `rate`, at
-/// that many calls per second in total), and measures them. `op` returns Ok/Err; its latency is
-/// recorded either way.
-async fn measure<F, Fut>(
+/// that many calls per second in total). `op` returns Ok/Err; its latency is recorded either way.
+async fn run<F, Fut>(
     name: &str,
     server: Option<&Server>,
     duration: Duration,
     concurrency: usize,
     rate: Option<f64>,
-    op: F,
-) -> Stats
+    op: Arc<F>,
+) -> Sample
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
-    let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
@@ -321,39 +329,96 @@ where
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
+    let mut latencies = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        latencies.extend(t.await.unwrap());
     }
     let seconds = started.elapsed().as_secs_f64();
     if let Some(s) = sampler {
         let _ = s.await;
     }
-    all.sort_unstable();
-    let requests = all.len() as u64;
-    let cpu = match (server, cpu_before) {
-        (Some(s), Some(before)) if requests > 0 => {
-            Some((s.cpu_seconds() - before) / requests as f64 * 1000.0)
-        }
-        _ => None,
-    };
     let errors = errors.load(Ordering::Relaxed);
     if let Some(e) = first_error.lock().unwrap().take() {
         eprintln!("  {name}: {errors} errors, first: {e}");
     }
-    let peak = *peak_rss.lock().unwrap();
+    let cpu_seconds = server.zip(cpu_before).map(|(s, before)| s.cpu_seconds() - before);
+    let peak_rss_mb = *peak_rss.lock().unwrap();
+    Sample { latencies, errors, seconds, cpu_seconds, peak_rss_mb }
+}
+
+/// Statistics over one or more samples of the same load.
+fn stats(name: &str, samples: Vec<Sample>) -> Stats {
+    let mut all: Vec<u32> = Vec::new();
+    let (mut errors, mut seconds, mut cpu, mut peak) = (0, 0.0, None::<f64>, None::<f64>);
+    for s in samples {
+        all.extend(s.latencies);
+        errors += s.errors;
+        seconds += s.seconds;
+        if let Some(c) = s.cpu_seconds {
+            cpu = Some(cpu.unwrap_or(0.0) + c);
+            peak = Some(peak.unwrap_or(0.0).max(s.peak_rss_mb));
+        }
+    }
+    all.sort_unstable();
+    let requests = all.len() as u64;
     Stats {
         name: name.to_string(),
         requests,
         errors,
         seconds,
-        rps: requests as f64 / seconds,
+        rps: requests as f64 / seconds.max(f64::EPSILON),
         p50_ms: percentile(&all, 0.50),
         p90_ms: percentile(&all, 0.90),
         p99_ms: percentile(&all, 0.99),
-        cpu_s_per_1k: cpu,
-        peak_rss_mb: server.map(|_| peak),
+        cpu_s_per_1k: cpu.filter(|_| requests > 0).map(|c| c / requests as f64 * 1000.0),
+        peak_rss_mb: peak,
     }
+}
+
+async fn measure<F, Fut>(
+    name: &str,
+    server: Option<&Server>,
+    duration: Duration,
+    concurrency: usize,
+    rate: Option<f64>,
+    op: F,
+) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    stats(name, vec![run(name, server, duration, concurrency, rate, Arc::new(op)).await])
+}
+
+/// Measures two loads whose rates are compared in alternating slices, so that drift in the
+/// machine (other tenants, the database's background work) affects both alike.
+#[allow(clippy::too_many_arguments)]
+async fn interleave<FA, FutA, FB, FutB>(
+    server: &Server,
+    duration: Duration,
+    concurrency: usize,
+    (name_a, a, a_uses_server): (&str, FA, bool),
+    (name_b, b): (&str, FB),
+    slices: u32,
+    between: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> (Stats, Stats)
+where
+    FA: Fn(usize) -> FutA + Send + Sync + 'static,
+    FutA: Future<Output = Result<(), String>> + Send,
+    FB: Fn(usize) -> FutB + Send + Sync + 'static,
+    FutB: Future<Output = Result<(), String>> + Send,
+{
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let slice = duration / slices;
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..slices {
+        between().await;
+        let server_a = if a_uses_server { Some(server) } else { None };
+        sa.push(run(name_a, server_a, slice, concurrency, None, Arc::clone(&a)).await);
+        between().await;
+        sb.push(run(name_b, Some(server), slice, concurrency, None, Arc::clone(&b)).await);
+    }
+    (stats(name_a, sa), stats(name_b, sb))
 }
 
 // --------------------------------------------------------------- main --
@@ -459,6 +524,14 @@ async fn main() {
         v
     };
 
+    // Each phase starts from a comparable database: a checkpoint first (so none lands inside a
+    // phase), and rows a phase leaves behind are removed before the next.
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .unwrap();
+
     let fake = start_fake().await;
     let server = start_server(&database_url, &fake.issuer).await;
     let channels = connect(server.addr, o.connections).await;
@@ -475,91 +548,18 @@ async fn main() {
     );
     let mut results: Vec<Stats> = Vec::new();
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|w| name.contains(w.as_str()));
-
-    // Baselines: transport limit (the server's own health check) and store limits (raw sqlx
-    // with the same pool size and durability).
-    let health: Vec<HealthClient<Channel>> =
-        channels.iter().cloned().map(HealthClient::new).collect();
-    let health = Arc::new(health);
-    if wanted("baseline: gRPC Health/Check") {
-        results.push(
-            measure("baseline: gRPC Health/Check", Some(&server), d, c, None, {
-                let health = Arc::clone(&health);
-                move |w| {
-                    let mut h = health[w % health.len()].clone();
-                    async move {
-                        h.check(HealthCheckRequest { service: String::new() })
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
+    let settle_fn = |sql: &'static str| {
+        let admin = admin.clone();
+        move || -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+            let admin = admin.clone();
+            Box::pin(async move {
+                for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement).execute(&admin).await.unwrap();
                 }
             })
-            .await,
-        );
-    }
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .connect(&database_url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TABLE bench_rows (k BYTEA PRIMARY KEY, v TEXT NOT NULL, t BIGINT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    if wanted("baseline: sqlx INSERT (1 row)") {
-        results.push(
-            measure("baseline: sqlx INSERT (1 row)", None, d, c, None, {
-                let pool = pool.clone();
-                move |_| {
-                    let pool = pool.clone();
-                    async move {
-                        sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
-                            .bind(rand::random::<[u8; 32]>().to_vec())
-                            .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
-                            .bind(1_i64)
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            })
-            .await,
-        );
-    }
-    if wanted("baseline: sqlx INSERT + DELETE..RETURNING") {
-        results.push(
-            measure("baseline: sqlx INSERT + DELETE..RETURNING", None, d, c, None, {
-                let pool = pool.clone();
-                move |_| {
-                    let pool = pool.clone();
-                    async move {
-                        let k = rand::random::<[u8; 32]>().to_vec();
-                        sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
-                            .bind(&k)
-                            .bind("https://provider.example.com/v1/authorize?state=nonce-and-verifier")
-                            .bind(1_i64)
-                            .execute(&pool)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        sqlx::query_scalar::<_, String>(
-                            "DELETE FROM bench_rows WHERE k = $1 RETURNING v",
-                        )
-                        .bind(&k)
-                        .fetch_one(&pool)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                    }
-                }
-            })
-            .await,
-        );
-    }
-    pool.close().await;
+        }
+    };
+    let slices = if o.smoke { 1 } else { 4 };
 
     // Sessions to work with: one per worker.
     let mut sessions = Vec::new();
@@ -571,59 +571,157 @@ async fn main() {
     let handles: Arc<Vec<Mutex<String>>> =
         Arc::new(sessions.iter().map(|s| Mutex::new(s.refresh_token.clone())).collect());
 
-    if wanted("ValidateToken") {
-        results.push(
-            measure("ValidateToken", Some(&server), d, c, None, {
-                let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
-                move |w| {
-                    let (mut client, token) = (env.client(w), tokens[w].clone());
-                    async move {
-                        let r = client
-                            .validate_token(ValidateTokenRequest { token })
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if r.into_inner().valid {
-                            Ok(())
-                        } else {
-                            Err("token reported invalid".into())
-                        }
-                    }
-                }
-            })
-            .await,
-        );
+    // Each target ratio is measured in alternating slices against its baseline.
+    // 1. ValidateToken against the transport limit: the same server's gRPC Health/Check.
+    let health: Arc<Vec<HealthClient<Channel>>> =
+        Arc::new(channels.iter().cloned().map(HealthClient::new).collect());
+    let health_op = {
+        let health = Arc::clone(&health);
+        move |w: usize| {
+            let mut h = health[w % health.len()].clone();
+            async move {
+                h.check(HealthCheckRequest { service: String::new() })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let validate_op = {
+        let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
+        move |w: usize| {
+            let (mut client, token) = (env.client(w), tokens[w].clone());
+            async move {
+                let r = client
+                    .validate_token(ValidateTokenRequest { token })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.into_inner().valid { Ok(()) } else { Err("token reported invalid".into()) }
+            }
+        }
+    };
+    if wanted("ValidateToken") || wanted("Health") {
+        let (h, v) = interleave(
+            &server,
+            d,
+            c,
+            ("baseline: gRPC Health/Check", health_op, true),
+            ("ValidateToken", validate_op),
+            slices,
+            settle_fn("CHECKPOINT"),
+        )
+        .await;
+        results.extend([h, v]);
     }
-    if wanted("GetLoginUrl") {
-        results.push(
-            measure("GetLoginUrl", Some(&server), d, c, None, {
-                let env = Arc::clone(&env);
-                move |w| {
-                    let mut client = env.client(w);
-                    async move {
-                        client
-                            .get_login_url(GetLoginUrlRequest::default())
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            })
-            .await,
-        );
+
+    // 2. GetLoginUrl against the store limit: a raw single-row INSERT, same pool size and
+    //    durability (synchronous commit), from this process.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect(&database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE bench_rows (k BYTEA PRIMARY KEY, v TEXT NOT NULL, t BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    const ROW: &str = "https://provider.example.com/v1/authorize?state=nonce-and-verifier";
+    let insert_op = {
+        let pool = pool.clone();
+        move |_: usize| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                    .bind(rand::random::<[u8; 32]>().to_vec())
+                    .bind(ROW)
+                    .bind(1_i64)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let login_url_op = {
+        let env = Arc::clone(&env);
+        move |w: usize| {
+            let mut client = env.client(w);
+            async move {
+                client
+                    .get_login_url(GetLoginUrlRequest::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    if wanted("INSERT (1") || wanted("GetLoginUrl") {
+        let (i, g) = interleave(
+            &server,
+            d,
+            c,
+            ("baseline: sqlx INSERT (1 row)", insert_op.clone(), false),
+            ("GetLoginUrl", login_url_op.clone()),
+            slices,
+            settle_fn("CHECKPOINT"),
+        )
+        .await;
+        results.extend([i, g]);
     }
-    if wanted("ExchangeCode (full flow)") {
-        results.push(
-            measure("ExchangeCode (full flow)", Some(&server), d, c, None, {
-                let env = Arc::clone(&env);
-                move |w| {
-                    let env = Arc::clone(&env);
-                    async move { env.login(w).await.map(|_| ()) }
-                }
-            })
-            .await,
-        );
+
+    // 3. The whole login against an INSERT + DELETE..RETURNING pair (what a login costs the
+    //    store at the least: store the attempt, consume it).
+    let pair_op = {
+        let pool = pool.clone();
+        move |_: usize| {
+            let pool = pool.clone();
+            async move {
+                let k = rand::random::<[u8; 32]>().to_vec();
+                sqlx::query("INSERT INTO bench_rows (k, v, t) VALUES ($1, $2, $3)")
+                    .bind(&k)
+                    .bind(ROW)
+                    .bind(1_i64)
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query_scalar::<_, String>("DELETE FROM bench_rows WHERE k = $1 RETURNING v")
+                    .bind(&k)
+                    .fetch_one(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let exchange_op = {
+        let env = Arc::clone(&env);
+        move |w: usize| {
+            let env = Arc::clone(&env);
+            async move { env.login(w).await.map(|_| ()) }
+        }
+    };
+    if wanted("DELETE") || wanted("ExchangeCode") {
+        let (p, e) = interleave(
+            &server,
+            d,
+            c,
+            ("baseline: sqlx INSERT + DELETE..RETURNING", pair_op, false),
+            ("ExchangeCode (full flow)", exchange_op),
+            slices,
+            settle_fn(
+                "DELETE FROM login_attempts; TRUNCATE bench_rows; VACUUM ANALYZE; CHECKPOINT",
+            ),
+        )
+        .await;
+        results.extend([p, e]);
     }
+
+    // 4. The other RPCs and the JSON routes.
+    let settle = settle_fn("VACUUM ANALYZE; CHECKPOINT");
     if wanted("GetUserInfo") {
+        settle().await;
         results.push(
             measure("GetUserInfo", Some(&server), d, c, None, {
                 let (env, tokens) = (Arc::clone(&env), Arc::clone(&tokens));
@@ -642,6 +740,7 @@ async fn main() {
         );
     }
     if wanted("RefreshSession") {
+        settle().await;
         results.push(
             measure("RefreshSession", Some(&server), d, c, None, {
                 let (env, handles) = (Arc::clone(&env), Arc::clone(&handles));
@@ -664,6 +763,7 @@ async fn main() {
     let http = reqwest::Client::builder().pool_max_idle_per_host(c).build().unwrap();
     let base_url = format!("http://{}", server.addr);
     if wanted("HTTP GET /api/login") {
+        settle().await;
         results.push(
             measure("HTTP GET /api/login", Some(&server), d, c, None, {
                 let (http, base_url) = (http.clone(), base_url.clone());
@@ -682,7 +782,8 @@ async fn main() {
             .await,
         );
     }
-    if wanted("HTTP GET /api/callback (full flow)") {
+    if wanted("HTTP GET /api/callback") {
+        settle().await;
         results.push(
             measure("HTTP GET /api/callback (full flow)", Some(&server), d, c, None, {
                 let (http, base_url, fake) = (http.clone(), base_url.clone(), Arc::clone(&fake));
@@ -729,12 +830,13 @@ async fn main() {
         );
     }
 
-    // GetLoginUrl latency at half the single-row INSERT rate (open loop, fixed rate).
+    // 5. GetLoginUrl latency at half the single-row INSERT rate (open loop, fixed rate).
     let insert_rate = results
         .iter()
         .find(|r| r.name == "baseline: sqlx INSERT (1 row)")
         .map_or(8000.0, |r| r.rps);
-    if wanted("GetLoginUrl @ 0.5 x INSERT rate") {
+    if wanted("GetLoginUrl @") {
+        settle_fn("DELETE FROM login_attempts; VACUUM ANALYZE; CHECKPOINT")().await;
         results.push(
             measure(
                 "GetLoginUrl @ 0.5 x INSERT rate",
@@ -742,13 +844,36 @@ async fn main() {
                 d,
                 c,
                 Some(insert_rate / 2.0),
+                login_url_op.clone(),
+            )
+            .await,
+        );
+    }
+    pool.close().await;
+
+    // 6. Memory with many concurrent connections: each validates a token now and then.
+    let n = o.idle_connections;
+    let mut rss_with_connections = 0.0;
+    if wanted("connections") {
+        settle_fn("DELETE FROM login_attempts; VACUUM ANALYZE; CHECKPOINT")().await;
+        let idle = connect(server.addr, n).await;
+        let idle: Arc<Vec<AuthServiceClient<Channel>>> =
+            Arc::new(idle.into_iter().map(AuthServiceClient::new).collect());
+        results.push(
+            measure(
+                &format!("ValidateToken over {n} connections"),
+                Some(&server),
+                d,
+                n,
+                Some(n as f64 * 5.0),
                 {
-                    let env = Arc::clone(&env);
+                    let (idle, tokens) = (Arc::clone(&idle), Arc::clone(&tokens));
                     move |w| {
-                        let mut client = env.client(w);
+                        let (mut client, token) =
+                            (idle[w].clone(), tokens[w % tokens.len()].clone());
                         async move {
                             client
-                                .get_login_url(GetLoginUrlRequest::default())
+                                .validate_token(ValidateTokenRequest { token })
                                 .await
                                 .map(|_| ())
                                 .map_err(|e| e.to_string())
@@ -758,37 +883,6 @@ async fn main() {
             )
             .await,
         );
-    }
-
-    // Memory with many concurrent connections: each connection validates a token now and then.
-    let n = o.idle_connections;
-    let mut rss_with_connections = 0.0;
-    if wanted("connections") {
-        let idle = connect(server.addr, o.idle_connections).await;
-        let idle: Arc<Vec<AuthServiceClient<Channel>>> =
-            Arc::new(idle.into_iter().map(AuthServiceClient::new).collect());
-        let rss_phase = measure(
-            &format!("ValidateToken over {n} connections"),
-            Some(&server),
-            d,
-            n,
-            Some(n as f64 * 5.0),
-            {
-                let (idle, tokens) = (Arc::clone(&idle), Arc::clone(&tokens));
-                move |w| {
-                    let (mut client, token) = (idle[w].clone(), tokens[w % tokens.len()].clone());
-                    async move {
-                        client
-                            .validate_token(ValidateTokenRequest { token })
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            },
-        )
-        .await;
-        results.push(rss_phase);
         rss_with_connections = server.rss_mb();
     }
     let peak_rss = proc_status_kb(server.child.id(), "VmHWM:") / 1024.0;

@@ -97,11 +97,13 @@ struct Writes {
 
 impl Writes {
     fn start(store: &Store, pool_size: u32) -> Self {
-        // A quarter of the pool each, so plain queries always find a connection.
+        // Attempt inserts: one batch at a time gives the largest batches and, measured, the
+        // lowest tail latency. Consumes and sessions: an eighth of the pool each, so plain
+        // queries always find a connection.
         let in_flight = (pool_size / 8).max(1) as usize;
         let (a, c, s) = (store.clone(), store.clone(), store.clone());
         Self {
-            attempts: Batcher::start(in_flight, move |batch: Vec<LoginAttempt>| {
+            attempts: Batcher::start(1, move |batch: Vec<LoginAttempt>| {
                 let store = a.clone();
                 Box::pin(async move {
                     store.insert_attempts(&batch).await.map(|()| vec![(); batch.len()])

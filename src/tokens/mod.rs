@@ -207,6 +207,29 @@ impl TokenIssuer {
         Arc::clone(&self.ring.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// An issuer with one freshly generated in-memory key and no database: for benchmarks and
+    /// tests. Keys made this way are never published anywhere else.
+    pub fn ephemeral(
+        issuer: &str,
+        audience: &str,
+        ttl_secs: i64,
+        algorithm: SigningAlgorithm,
+    ) -> Result<Self, KeyError> {
+        let (_, entry) = generate_key(algorithm, 0)?;
+        Ok(Self {
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            ttl_secs,
+            algorithm,
+            ring: RwLock::new(Arc::new(KeyRing::new(vec![Arc::new(entry)]))),
+            store: None,
+            rotation_interval_secs: i64::MAX / 4,
+            publish_ahead_secs: 0,
+            cache: VerifiedCache::new(),
+            last_forced_reload: tokio::sync::Mutex::new(None),
+        })
+    }
+
     /// Re-reads the key set from the database (no-op with a key file).
     pub async fn reload(&self) -> Result<(), KeyError> {
         let Some((store, cipher)) = &self.store else {
@@ -471,19 +494,7 @@ mod tests {
     }
 
     fn issuer_with(alg: SigningAlgorithm) -> TokenIssuer {
-        let (_, entry) = generate_key(alg, 0).unwrap();
-        TokenIssuer {
-            issuer: "https://authgate.example.com".into(),
-            audience: "authgate".into(),
-            ttl_secs: 900,
-            algorithm: alg,
-            ring: RwLock::new(Arc::new(KeyRing::new(vec![Arc::new(entry)]))),
-            store: None,
-            rotation_interval_secs: 86400,
-            publish_ahead_secs: 600,
-            cache: VerifiedCache::new(),
-            last_forced_reload: tokio::sync::Mutex::new(None),
-        }
+        TokenIssuer::ephemeral("https://authgate.example.com", "authgate", 900, alg).unwrap()
     }
 
     fn profile() -> Profile {
