@@ -42,7 +42,6 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -111,15 +110,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr))?;
     let app = startup::Application::build(config).await?;
     app.run(listener, startup::shutdown_signal()).await
-}
-
-/// glibc gives every thread that contends for the allocator an arena of its own (up to 8 per
-/// core); with many connections the retained free memory dominates the resident size. Two
-/// arenas serve two worker threads. Measured in the benchmark (README, "Performance").
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called once, before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
