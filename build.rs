@@ -9,7 +9,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     unsafe { env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["proto/authgate/v1/auth.proto"];
+    // authgate's contract, and the vendored (trimmed) Envoy external-authorization API.
+    let protos =
+        ["proto/authgate/v1/auth.proto", "proto/envoy/service/auth/v3/external_auth.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("authgate_descriptor.bin"))
         // Messages that carry secrets (codes, bindings, tokens) get a hand-written, redacting

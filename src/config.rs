@@ -36,6 +36,10 @@ pub struct Config {
     pub post_login_redirect_urls: Vec<String>,
     /// Exact-match allow-list for Logout's `post_logout_redirect_uri`; the first is the default.
     pub post_logout_redirect_uris: Vec<String>,
+    /// Who may sign in and pass the gateway checks.
+    pub access: AccessRules,
+    /// Prefix of the identity headers the gateway checks add (`<prefix>sub`, `email`, `groups`).
+    pub identity_header_prefix: String,
     /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
     pub cors_allowed_origins: Vec<String>,
     pub tokens: TokenConfig,
@@ -55,6 +59,16 @@ pub struct Config {
     /// How often every replica re-reads recent revocations (the bound on how stale
     /// ValidateToken can be after a logout on another replica).
     pub revocation_sync_interval: Duration,
+}
+
+/// Allow-lists applied at login (ExchangeCode, the HTTP callbacks) and at check time (Envoy
+/// ext_authz, `/auth/check`). Empty lists allow everyone.
+#[derive(Debug, Clone, Default)]
+pub struct AccessRules {
+    /// The user must be in at least one of these groups.
+    pub allowed_groups: Vec<String>,
+    /// The user's verified email must be in one of these domains (lower-case, exact).
+    pub allowed_email_domains: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -243,6 +257,9 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("health_check_interval", Kind::Scalar),
     ("database_max_connections", Kind::Scalar),
     ("post_logout_redirect_uris", Kind::List),
+    ("allowed_groups", Kind::List),
+    ("allowed_email_domains", Kind::List),
+    ("identity_header_prefix", Kind::Scalar),
     ("refresh_at_provider", Kind::Scalar),
     ("revocation_sync_interval", Kind::Scalar),
     ("key_rotation_interval", Kind::Scalar),
@@ -285,10 +302,21 @@ impl Raw {
     }
 }
 
+/// The cookie binding a server-side login attempt to the browser.
+pub const LOGIN_COOKIE: &str = "authgate_login";
+/// The browser session cookie of the server-side flow.
+pub const SESSION_COOKIE: &str = "authgate_session";
+
 impl Config {
     /// Cookies get `Secure` and the `__Host-` prefix when authgate is served over https.
     pub fn secure_cookies(&self) -> bool {
         self.public_url.scheme() == "https"
+    }
+
+    /// A cookie's name: over https with the `__Host-` prefix (Secure, no Domain, Path=/, so no
+    /// sibling subdomain can set or overwrite it).
+    pub fn cookie_name(&self, base: &str) -> String {
+        if self.secure_cookies() { format!("__Host-{base}") } else { base.to_string() }
     }
 
     /// Loads the configuration from an optional TOML file and the process environment.
@@ -578,6 +606,31 @@ impl Parser {
                 Err(e) => self.problem("post_logout_redirect_uris", format!("`{u}`: {e}")),
             }
         }
+        let access = AccessRules {
+            allowed_groups: raw.lists.get("allowed_groups").cloned().unwrap_or_default(),
+            allowed_email_domains: raw
+                .lists
+                .get("allowed_email_domains")
+                .into_iter()
+                .flatten()
+                .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                .collect(),
+        };
+        if let Some(bad) = access.allowed_email_domains.iter().find(|d| {
+            d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }) {
+            self.problem("allowed_email_domains", format!("`{bad}` is not a domain name"));
+        }
+        let identity_header_prefix =
+            raw.scalar("identity_header_prefix").unwrap_or("x-authgate-").to_ascii_lowercase();
+        if identity_header_prefix.is_empty()
+            || !identity_header_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            self.problem(
+                "identity_header_prefix",
+                "must be letters, digits and dashes, e.g. `x-authgate-`",
+            );
+        }
         let refresh_at_provider = match raw.scalar("refresh_at_provider").unwrap_or("true") {
             "true" => true,
             "false" => false,
@@ -726,6 +779,8 @@ impl Parser {
                 http_callback_url,
                 post_login_redirect_urls,
                 post_logout_redirect_uris,
+                access,
+                identity_header_prefix,
                 cors_allowed_origins,
                 tokens,
                 attempt_ttl,

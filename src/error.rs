@@ -28,6 +28,10 @@ pub enum AuthError {
         "binding does not match this login attempt: pass the `binding` that GetLoginUrl returned to this browser"
     )]
     BindingMismatch,
+    /// The user is authenticated but an access rule (allowed_groups, allowed_email_domains)
+    /// refuses them.
+    #[error("access denied by the {rule} rule: {reason}")]
+    AccessDenied { rule: &'static str, reason: String },
     /// The caller's authgate token is missing or invalid.
     #[error("{0}")]
     Unauthenticated(String),
@@ -77,6 +81,30 @@ impl ErrorKind {
 }
 
 impl AuthError {
+    /// A short, bounded reason for metrics labels.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_)
+            | Self::RedirectUriNotAllowed(_)
+            | Self::RedirectUriMismatch => "invalid_request",
+            Self::AttemptNotFound => "unknown_state",
+            Self::AttemptExpired => "expired_state",
+            Self::BindingMismatch => "binding_mismatch",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Unauthenticated(_) | Self::SessionEnded => "unauthenticated",
+            Self::Provider(ProviderError::Rejected { error, .. }) => match error.as_str() {
+                "invalid_grant" => "invalid_grant",
+                "invalid_client" | "unauthorized_client" => "invalid_client",
+                "access_denied" => "provider_access_denied",
+                _ => "provider_rejected",
+            },
+            Self::Provider(ProviderError::InvalidIdToken(_)) => "invalid_id_token",
+            Self::Provider(_) => "provider_unavailable",
+            Self::Store(StoreError::Unavailable(_)) => "database_unavailable",
+            Self::Store(_) | Self::Internal(_) => "internal",
+        }
+    }
+
     /// The class of this error and the message the caller gets (never a secret; for internal
     /// faults, no detail at all — the log has it).
     pub fn classify(&self) -> (ErrorKind, String) {
@@ -88,7 +116,9 @@ impl AuthError {
             Self::AttemptNotFound | Self::AttemptExpired => {
                 (K::FailedPrecondition, self.to_string())
             }
-            Self::BindingMismatch => (K::PermissionDenied, self.to_string()),
+            Self::BindingMismatch | Self::AccessDenied { .. } => {
+                (K::PermissionDenied, self.to_string())
+            }
             Self::Unauthenticated(_) | Self::SessionEnded => (K::Unauthenticated, self.to_string()),
             Self::Provider(p) => classify_provider(p),
             Self::Store(StoreError::Unavailable(_)) => {

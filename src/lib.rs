@@ -18,6 +18,7 @@
 //! - [`revocation`]: the revoked-session set every replica keeps in memory and re-syncs.
 //! - [`grpc`], [`http`]: the transports; convert, call [`auth`], map errors.
 //! - [`health`]: readiness monitor behind gRPC health and `/readyz`.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`startup`]: wiring; `Application::run(listener, shutdown)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -30,6 +31,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod provider;
 pub mod revocation;
 pub mod secret;
@@ -37,6 +39,38 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+
+/// Generated code for the vendored Envoy external-authorization API (`envoy.service.auth.v3`) and
+/// what it refers to; the module tree mirrors the protobuf packages.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+pub mod ext {
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}
 
 /// Generated protobuf and gRPC code for `authgate.v1`.
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]

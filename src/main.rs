@@ -25,6 +25,9 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Load and validate the configuration, fetch the provider's discovery document, test the
+    /// database and the signing keys, and report each check (exit status 1 if any fails).
+    CheckConfig,
     /// Manage authgate's signing keys.
     Keys {
         #[command(subcommand)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Keys { command } => keys(config, command).await,
+            Command::CheckConfig => check_config(config).await,
         }
     });
     match result {
@@ -78,6 +82,79 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs every check and prints one line each; fails if any failed.
+async fn check_config(config: Config) -> anyhow::Result<()> {
+    use authgate::{crypto::Cipher, provider::oidc::OidcProvider};
+    let mut failed = 0;
+    let mut report = |name: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("ok    {name:<14} {detail}"),
+        Err(detail) => {
+            failed += 1;
+            println!("FAIL  {name:<14} {detail}");
+        }
+    };
+    report(
+        "configuration",
+        Ok(format!(
+            "issuer {}, client {}, {} redirect URI(s), {}, listen {}",
+            config.provider.issuer,
+            config.provider.client_id,
+            config.redirect_uris.len(),
+            config.database.describe(),
+            config.listen_addr
+        )),
+    );
+    let provider = match OidcProvider::new(config.provider.clone()) {
+        Ok(p) => p,
+        Err(e) => anyhow::bail!("cannot create the provider client: {e}"),
+    };
+    report(
+        "provider",
+        provider
+            .discover()
+            .await
+            .map(|()| format!("discovery document of {} fetched and valid", config.provider.issuer))
+            .map_err(|e| e.to_string()),
+    );
+    let store = Store::connect(&config.database, 1)?;
+    let reachable = store.ping().await;
+    report(
+        "database",
+        reachable.as_ref().map(|()| "reachable".to_string()).map_err(|e| e.to_string()),
+    );
+    if reachable.is_ok() {
+        let cipher = Cipher::new(&config.encryption_key.key);
+        let keys = match store.list_signing_keys(authgate::tokens::now()).await {
+            Ok(keys) if keys.is_empty() => Ok("none yet (the first start generates one)".into()),
+            Ok(keys) => {
+                let undecryptable = keys
+                    .iter()
+                    .filter(|k| {
+                        cipher.decrypt(&k.private_key, &format!("signing_key:{}", k.kid)).is_err()
+                    })
+                    .count();
+                if undecryptable == 0 {
+                    Ok(format!(
+                        "{} key(s), all readable with the configured encryption_key",
+                        keys.len()
+                    ))
+                } else {
+                    Err(format!(
+                        "{undecryptable} of {} key(s) do not decrypt: is this the encryption_key the keys were stored with?",
+                        keys.len()
+                    ))
+                }
+            }
+            Err(e) => Err(format!("{e} (run `authgate migrate` first?)")),
+        };
+        report("signing keys", keys);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
 }
 
 async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {

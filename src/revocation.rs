@@ -34,6 +34,15 @@ impl Revocations {
         self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains_key(session_id)
     }
 
+    /// How many revocations this replica tracks.
+    pub fn len(&self) -> usize {
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Records a revocation made by this replica, effective immediately here.
     pub fn add(&self, session_id: &str, revoked_at: i64) {
         self.revoked

@@ -119,6 +119,11 @@ impl Application {
         let grpc = tonic::service::Routes::new(AuthServiceServer::new(AuthGrpc::new(Arc::clone(
             &self.auth,
         ))))
+        .add_service(
+            crate::ext::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
+                crate::grpc::ExtAuthz::new(Arc::clone(&self.auth)),
+            ),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -128,12 +133,20 @@ impl Application {
             .merge(http::router(http::HttpState { auth: Arc::clone(&self.auth), readiness: readiness_rx }))
             .fallback(http::not_found)
             .layer(cors_layer(&self.config.cors_allowed_origins)?)
+            .layer(axum::middleware::from_fn(observe))
             .layer(
-                // Log method and path only: query strings carry codes and state.
+                // Log method and path only: query strings carry codes and state. The request id
+                // is on the span, so every log line of the request carries it.
                 TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
                 }),
-            );
+            )
+            .layer(axum::middleware::from_fn(request_id));
 
         info!(%addr, store = self.store.backend(), issuer = self.provider.issuer(), "authgate listening");
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -148,6 +161,105 @@ impl Application {
         info!("authgate stopped");
         served.context("server failed")
     }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an id: the caller's `x-request-id` when it is a short token, else a new
+/// random one; it is echoed on the response and recorded on the request's log span.
+async fn request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(String::from);
+    let id = given.unwrap_or_else(|| crate::crypto::random_handle(12));
+    let value = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(REQUEST_ID, value.clone());
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(REQUEST_ID, value);
+    response
+}
+
+/// The gRPC methods and HTTP routes that get a label of their own; anything else is `other`, so
+/// a client cannot grow the metrics without bound.
+const GRPC_METHODS: &[&str] = &[
+    "/authgate.v1.AuthService/GetLoginUrl",
+    "/authgate.v1.AuthService/ExchangeCode",
+    "/authgate.v1.AuthService/GetUserInfo",
+    "/authgate.v1.AuthService/ValidateToken",
+    "/authgate.v1.AuthService/GetJwks",
+    "/authgate.v1.AuthService/RefreshSession",
+    "/authgate.v1.AuthService/Logout",
+    "/envoy.service.auth.v3.Authorization/Check",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+const HTTP_ROUTES: &[&str] = &[
+    "/",
+    "/authorization-code/login",
+    "/authorization-code/callback",
+    "/authorization-code/logout",
+    "/api/login",
+    "/api/callback",
+    "/api/userinfo",
+    "/auth/check",
+    "/.well-known/jwks.json",
+    "/.well-known/openid-configuration",
+    "/backchannel-logout",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+];
+
+/// Records the latency of every request: gRPC by method, HTTP by route and status class.
+async fn observe(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let path = req.uri().path();
+    let label =
+        |known: &[&'static str]| known.iter().find(|k| **k == path).copied().unwrap_or("other");
+    let (grpc_method, route) = (label(GRPC_METHODS), label(HTTP_ROUTES));
+    let response = next.run(req).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    if grpc {
+        crate::metrics::observe(
+            "authgate_grpc_request_duration_seconds",
+            &[("method", grpc_method)],
+            elapsed,
+        );
+    } else {
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        crate::metrics::observe(
+            "authgate_http_request_duration_seconds",
+            &[("route", route), ("status", class)],
+            elapsed,
+        );
+    }
+    response
 }
 
 /// The `iss` of authgate's tokens: its public URL without a trailing slash.

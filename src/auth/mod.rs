@@ -2,6 +2,7 @@
 //! (here), and validate, refresh and end sessions ([`session`]). The transports in `grpc` and
 //! `http` convert their requests into these calls and map [`AuthError`] to their own statuses.
 
+mod access;
 mod session;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::{
     crypto::{Cipher, constant_time_eq, random_handle, sha256},
     domain::{MAX_CODE_LEN, Profile, RedirectUri, is_scope_token, parse_handle},
     error::AuthError,
+    metrics,
     provider::{AuthorizationRequest, IdentityProvider},
     revocation::Revocations,
     secret::Secret,
@@ -20,6 +22,7 @@ use crate::{
     tokens::{Claims, TokenIssuer, now},
 };
 
+pub use access::Identity;
 pub use session::Refreshed;
 
 /// Bytes of entropy in state, nonce, PKCE verifier, binding and refresh handles (256 bits; 43
@@ -184,6 +187,14 @@ impl Authenticator {
     /// Starts a login: stores a fresh attempt and returns the provider's authorization URL.
     #[tracing::instrument(skip_all)]
     pub async fn start_login(&self, request: StartLogin) -> Result<LoginStarted, AuthError> {
+        let started = self.start_login_inner(request).await;
+        if started.is_ok() {
+            metrics::inc("authgate_logins_started_total", &[]);
+        }
+        started
+    }
+
+    async fn start_login_inner(&self, request: StartLogin) -> Result<LoginStarted, AuthError> {
         let redirect_uri = self.allowed_redirect_uri(request.redirect_uri.as_deref())?;
         let return_to = match request.return_to.filter(|r| !r.is_empty()) {
             None => None,
@@ -264,6 +275,15 @@ impl Authenticator {
     /// token, opens a session and mints authgate's token.
     #[tracing::instrument(skip_all)]
     pub async fn finish_login(&self, request: FinishLogin) -> Result<LoginFinished, AuthError> {
+        let finished = self.finish_login_inner(request).await;
+        match &finished {
+            Ok(_) => metrics::inc("authgate_logins_completed_total", &[]),
+            Err(e) => metrics::inc("authgate_logins_failed_total", &[("reason", e.reason_code())]),
+        }
+        finished
+    }
+
+    async fn finish_login_inner(&self, request: FinishLogin) -> Result<LoginFinished, AuthError> {
         let code = request.code.expose();
         if code.is_empty() {
             return Err(AuthError::InvalidArgument(
@@ -315,6 +335,15 @@ impl Authenticator {
                 &Secret::new(attempt.nonce),
             )
             .await?;
+
+        if let Err(denied) = self.config.access.check(
+            login.profile.email.as_deref(),
+            login.profile.email_verified,
+            login.profile.groups.as_deref().unwrap_or_default(),
+        ) {
+            info!(sub = %login.profile.sub, error = %denied, "login refused");
+            return Err(denied);
+        }
 
         let session_id = random_handle(24);
         let cookie = request.browser_session.then(|| Secret::new(random_handle(HANDLE_BYTES)));

@@ -52,10 +52,13 @@ impl Authenticator {
         {
             verdict = self.tokens.verify_cached(token);
         }
-        Ok(match verdict {
+        let verdict = match verdict {
             Ok(claims) if self.revocations.is_revoked(&claims.sid) => Err(TokenRejection::Revoked),
             other => other,
-        })
+        };
+        let result = verdict.as_ref().map_or_else(|r| r.code(), |_| "valid");
+        crate::metrics::inc("authgate_token_validations_total", &[("result", result)]);
+        Ok(verdict)
     }
 
     /// Revokes a session everywhere: in the database (every replica picks it up within

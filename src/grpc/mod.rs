@@ -1,8 +1,11 @@
 //! The gRPC transport: converts protobuf messages to core calls and core errors to statuses.
 //! Nothing else happens here.
 
+mod ext_authz;
 mod redact;
 mod status;
+
+pub use ext_authz::ExtAuthz;
 
 use std::sync::Arc;
 

@@ -16,13 +16,10 @@ use crate::{
     secret::Secret,
 };
 
-const LOGIN_COOKIE: &str = "authgate_login";
-const SESSION_COOKIE: &str = "authgate_session";
+use crate::config::{LOGIN_COOKIE, SESSION_COOKIE};
 
-/// Over https, cookies get the `__Host-` prefix: Secure, no Domain, Path=/ — so no sibling
-/// subdomain can set or overwrite them.
 fn cookie_name(s: &HttpState, base: &str) -> String {
-    if s.auth.config().secure_cookies() { format!("__Host-{base}") } else { base.to_string() }
+    s.auth.config().cookie_name(base)
 }
 
 pub fn login_cookie_name(s: &HttpState) -> String {

@@ -5,6 +5,7 @@
 //!   provider, attempt bound to an HttpOnly cookie) and `GET /authorization-code/callback`
 //!   (exchange, HttpOnly session cookie, 302 to the post-login URL — or JSON when asked);
 //! - the JSON SPA flow, [`api`]: `GET /api/login`, `GET /api/callback`, `GET /api/userinfo`;
+//! - the nginx `auth_request` check, [`check`]: `GET /auth/check`;
 //! - keys and logout for the fleet, [`keys`]: `GET /.well-known/jwks.json`,
 //!   `GET /.well-known/openid-configuration`, `POST /backchannel-logout`;
 //! - liveness and readiness: `GET /healthz`, `GET /readyz`.
@@ -15,6 +16,7 @@
 
 mod api;
 mod browser;
+mod check;
 mod keys;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -52,9 +54,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/login", get(api::login))
         .route("/api/callback", get(api::callback))
         .route("/api/userinfo", get(api::userinfo))
+        .route("/auth/check", get(check::check))
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/.well-known/openid-configuration", get(keys::openid_configuration))
         .route("/backchannel-logout", post(keys::backchannel_logout))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -169,10 +173,40 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .find_map(|v| cookie_in(v, name))
+}
+
+/// The value of cookie `name` in one `Cookie` header value.
+pub fn cookie_in(header: &str, name: &str) -> Option<String> {
+    header
+        .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+/// The identity headers a gateway check adds: `<prefix>sub`, `<prefix>email`, `<prefix>groups`
+/// (comma-separated). `None` means the header must be removed (a client could have sent it).
+/// Values that are not visible ASCII are percent-encoded.
+pub fn identity_headers(
+    prefix: &str,
+    identity: &crate::auth::Identity,
+) -> [(String, Option<String>); 3] {
+    let encode = |v: &str| {
+        if v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            v.to_string()
+        } else {
+            url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+        }
+    };
+    [
+        (format!("{prefix}sub"), Some(encode(&identity.sub))),
+        (format!("{prefix}email"), identity.email.as_deref().map(encode)),
+        (
+            format!("{prefix}groups"),
+            (!identity.groups.is_empty()).then(|| encode(&identity.groups.join(","))),
+        ),
+    ]
 }
 
 /// Minimal HTML escaping for text and attribute values.
@@ -204,6 +238,78 @@ fn page(title: &str, body: &str) -> String {
 /// The fallback for unknown paths (set after merging with the gRPC router).
 pub async fn not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Prometheus metrics: the recorded counters and histograms, plus state read now.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    use crate::metrics::{Gauge, render};
+    let store = state.auth.store();
+    let mut gauges = Vec::new();
+    let gauge = |name, help, labels: Vec<(&'static str, String)>, value: f64| Gauge {
+        name,
+        help,
+        labels,
+        value,
+    };
+    if let Ok(n) = store.count_pending_attempts(crate::tokens::now()).await {
+        gauges.push(gauge(
+            "authgate_pending_login_attempts",
+            "Login attempts started and not yet exchanged or expired.",
+            vec![],
+            n as f64,
+        ));
+    }
+    let (open, idle, max) = store.pool_stats();
+    let pool = "Database pool connections, by state.";
+    gauges.push(gauge(
+        "authgate_db_pool_connections",
+        pool,
+        vec![("state", "in_use".into())],
+        f64::from(open.saturating_sub(idle)),
+    ));
+    gauges.push(gauge(
+        "authgate_db_pool_connections",
+        pool,
+        vec![("state", "idle".into())],
+        f64::from(idle),
+    ));
+    gauges.push(gauge(
+        "authgate_db_pool_max_connections",
+        "Database pool size limit.",
+        vec![],
+        f64::from(max),
+    ));
+    let ready = state.readiness.borrow().is_ready();
+    gauges.push(gauge(
+        "authgate_ready",
+        "1 when the database and the provider are reachable.",
+        vec![],
+        if ready { 1.0 } else { 0.0 },
+    ));
+    gauges.push(gauge(
+        "authgate_revoked_sessions_tracked",
+        "Recently revoked sessions this replica knows of.",
+        vec![],
+        state.auth.revocations().len() as f64,
+    ));
+    gauges.push(gauge(
+        "authgate_signing_keys_published",
+        "Keys in the JWKS.",
+        vec![],
+        state.auth.tokens().jwks().keys.len() as f64,
+    ));
+    gauges.push(gauge(
+        "authgate_build_info",
+        "Build information.",
+        vec![("version", env!("CARGO_PKG_VERSION").into())],
+        1.0,
+    ));
+    let mut response = render(&gauges).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Liveness: the process answers.

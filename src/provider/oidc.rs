@@ -197,7 +197,7 @@ impl OidcProvider {
     pub async fn discover(&self) -> Result<(), ProviderError> {
         let issuer = IssuerUrl::new(self.config.issuer.clone())
             .map_err(|e| ProviderError::NotReady(format!("issuer_url is not a URL: {e}")))?;
-        let metadata = Metadata::discover_async(issuer, &self.http)
+        let metadata = observed("discovery", Metadata::discover_async(issuer, &self.http))
             .await
             .map_err(|e| discovery_error("discovery", e))?;
         let token_url = metadata.token_endpoint().cloned().ok_or_else(|| {
@@ -254,9 +254,12 @@ impl OidcProvider {
             return Ok(());
         }
         *fetched_at = Some(Instant::now());
-        let jwks = CoreJsonWebKeySet::fetch_async(discovered.metadata.jwks_uri(), &self.http)
-            .await
-            .map_err(|e| discovery_error("JWKS", e))?;
+        let jwks = observed(
+            "jwks",
+            CoreJsonWebKeySet::fetch_async(discovered.metadata.jwks_uri(), &self.http),
+        )
+        .await
+        .map_err(|e| discovery_error("JWKS", e))?;
         info!(keys = jwks.keys().len(), "provider JWKS refetched");
         *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = jwks;
         Ok(())
@@ -375,6 +378,23 @@ impl OidcProvider {
         let sid = claims_sid(id_token);
         Ok((profile, sid))
     }
+}
+
+/// Times a call to the provider and counts its failure, by endpoint.
+async fn observed<T, E>(
+    endpoint: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = crate::metrics::timed(
+        "authgate_provider_request_duration_seconds",
+        &[("endpoint", endpoint)],
+        call,
+    )
+    .await;
+    if result.is_err() {
+        crate::metrics::inc("authgate_provider_errors_total", &[("endpoint", endpoint)]);
+    }
+    result
 }
 
 /// The `sid` claim is not modelled by openidconnect; read it from the (already verified) payload.
@@ -519,14 +539,13 @@ impl IdentityProvider for OidcProvider {
         let d = self.discovered()?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|e| ProviderError::BadResponse(format!("redirect URI: {e}")))?;
-        let response = d
+        let exchange = d
             .client
             .exchange_code(AuthorizationCode::new(code.expose().clone()))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().clone()))
-            .set_redirect_uri(Cow::Owned(redirect))
-            .request_async(&self.http)
-            .await
-            .map_err(token_error)?;
+            .set_redirect_uri(Cow::Owned(redirect));
+        let response =
+            observed("token", exchange.request_async(&self.http)).await.map_err(token_error)?;
         let id_token = response.id_token().ok_or_else(|| {
             ProviderError::BadResponse(
                 "the token response has no id_token (is the `openid` scope granted to this client?)"
@@ -583,7 +602,7 @@ impl IdentityProvider for OidcProvider {
                 ProviderError::BadResponse("the provider has no userinfo_endpoint".into())
             })?;
         let claims: openidconnect::UserInfoClaims<GroupsClaim, CoreGenderClaim> =
-            request.request_async(&self.http).await.map_err(|e| match e {
+            observed("userinfo", request.request_async(&self.http)).await.map_err(|e| match e {
                 UserInfoError::ClaimsVerification(inner) => ProviderError::InvalidIdToken(format!(
                     "userinfo does not belong to the signed-in user: {inner}"
                 )),
@@ -625,10 +644,8 @@ impl IdentityProvider for OidcProvider {
     ) -> Result<ProviderTokens, ProviderError> {
         let d = self.discovered()?;
         let token = RefreshToken::new(refresh_token.expose().clone());
-        let response = d
-            .client
-            .exchange_refresh_token(&token)
-            .request_async(&self.http)
+        let refresh = d.client.exchange_refresh_token(&token);
+        let response = observed("token_refresh", refresh.request_async(&self.http))
             .await
             .map_err(token_error)?;
         let expires_at = response
@@ -662,7 +679,7 @@ impl IdentityProvider for OidcProvider {
             ("token_type_hint", "refresh_token".to_string()),
         ];
         let request = self.authenticate(self.http.post(&endpoint), &mut form);
-        let response = request.form(&form).send().await.map_err(|e| {
+        let response = observed("revocation", request.form(&form).send()).await.map_err(|e| {
             ProviderError::Unreachable(format!("revocation request failed: {}", error_chain(&e)))
         })?;
         match response.status().as_u16() {
@@ -791,10 +808,7 @@ impl IdentityProvider for OidcProvider {
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        let response = self
-            .http
-            .get(url)
-            .send()
+        let response = observed("discovery_probe", self.http.get(url).send())
             .await
             .map_err(|e| ProviderError::Unreachable(error_chain(&e)))?;
         if response.status().is_success() {

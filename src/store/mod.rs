@@ -245,6 +245,20 @@ impl Store {
         }
     }
 
+    /// Connections in the pool: (open, idle, maximum).
+    pub fn pool_stats(&self) -> (u32, u32, u32) {
+        match self {
+            Store::Postgres(s) => {
+                let p = s.pool();
+                (p.size(), p.num_idle() as u32, p.options().get_max_connections())
+            }
+            Store::Sqlite(s) => {
+                let p = s.pool();
+                (p.size(), p.num_idle() as u32, p.options().get_max_connections())
+            }
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Postgres(_) => "postgres",

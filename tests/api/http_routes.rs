@@ -24,7 +24,12 @@ fn set_cookies(response: &reqwest::Response) -> Vec<String> {
 }
 
 /// An app whose own provider registers the app's HTTP callback URL.
-async fn app_with_http_callback() -> (TestApp, DevProvider) {
+pub async fn app_with_http_callback() -> (TestApp, DevProvider) {
+    app_with_http_callback_and(Vec::new()).await
+}
+
+/// [`app_with_http_callback`] with extra `AUTHGATE_*` settings.
+pub async fn app_with_http_callback_and(settings: Vec<(String, String)>) -> (TestApp, DevProvider) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let callback = format!("http://{}/authorization-code/callback", listener.local_addr().unwrap());
     let mut clients = test_clients();
@@ -33,11 +38,33 @@ async fn app_with_http_callback() -> (TestApp, DevProvider) {
     let app = spawn_app(AppOptions {
         issuer: provider.issuer.clone(),
         listener: Some(listener),
+        env: settings,
         ..AppOptions::real()
     })
     .await;
     wait_until_serving(&app).await;
     (app, provider)
+}
+
+/// Signs in through the server-side flow; returns the session cookie value.
+pub async fn browser_session(app: &TestApp, user: (&str, &str)) -> String {
+    let browser = client();
+    let start =
+        browser.get(format!("{}/authorization-code/login", app.base_url())).send().await.unwrap();
+    let location = start.headers()[header::LOCATION].to_str().unwrap().to_string();
+    let callback_url = format!("{}/authorization-code/callback", app.base_url());
+    let cb = sign_in_at_provider(&location, user, &callback_url).await;
+    let done = browser
+        .get(format!("{callback_url}?code={}&state={}", cb.code, cb.state))
+        .send()
+        .await
+        .unwrap();
+    set_cookies(&done)
+        .iter()
+        .find_map(|c| c.strip_prefix("authgate_session="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]

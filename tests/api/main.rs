@@ -9,6 +9,7 @@ mod fake_provider;
 mod helpers;
 
 mod fleet;
+mod gateway;
 mod http_routes;
 mod login_errors;
 mod login_flow;

@@ -1,0 +1,136 @@
+//! Envoy external authorization (`envoy.service.auth.v3.Authorization/Check`): Envoy asks
+//! authgate about each request; a valid authgate token (bearer header) or browser session cookie
+//! passes with the user's identity added as upstream headers, anything else is denied with 401
+//! (or 403 for an access rule) and a `WWW-Authenticate: Bearer` header.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::Authenticator,
+    config::SESSION_COOKIE,
+    error::ErrorKind,
+    ext::{
+        envoy::{
+            config::core::v3::{
+                HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+            },
+            service::auth::v3::{
+                CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+                authorization_server::Authorization, check_response::HttpResponse,
+            },
+            r#type::v3::{HttpStatus, StatusCode},
+        },
+        google::rpc,
+    },
+    http::{cookie_in, identity_headers},
+};
+
+/// `envoy.service.auth.v3.Authorization`.
+pub struct ExtAuthz {
+    auth: Arc<Authenticator>,
+}
+
+impl ExtAuthz {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
+
+fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.into(), value: value.into(), raw_value: Vec::new() }),
+        append_action: action.into(),
+        keep_empty_value: false,
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    #[tracing::instrument(name = "ext_authz.Check", skip_all)]
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let http = request.into_inner().attributes.and_then(|a| a.request).and_then(|r| r.http);
+        // Envoy sends headers either as a map or, when configured, as a header map.
+        let mut headers: HashMap<String, String> = HashMap::new();
+        if let Some(http) = http {
+            headers.extend(http.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+            for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
+                let value = if h.value.is_empty() {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                } else {
+                    h.value
+                };
+                headers.insert(h.key.to_ascii_lowercase(), value);
+            }
+        }
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_string());
+        let cookie = headers
+            .get("cookie")
+            .and_then(|c| cookie_in(c, &self.auth.config().cookie_name(SESSION_COOKIE)));
+
+        let config = self.auth.config();
+        let answer = match self.auth.check_access(bearer.as_deref(), cookie.as_deref()).await {
+            Ok(identity) => {
+                let mut ok = OkHttpResponse::default();
+                for (name, value) in identity_headers(&config.identity_header_prefix, &identity) {
+                    match value {
+                        Some(v) => ok.headers.push(header(
+                            &name,
+                            &v,
+                            HeaderAppendAction::OverwriteIfExistsOrAdd,
+                        )),
+                        // Never let a client-supplied identity header through.
+                        None => ok.headers_to_remove.push(name),
+                    }
+                }
+                CheckResponse {
+                    status: Some(rpc::Status { code: 0, message: String::new() }),
+                    http_response: Some(HttpResponse::OkResponse(ok)),
+                }
+            }
+            Err(e) => {
+                let (kind, message) = e.classify();
+                let (grpc, http) = match kind {
+                    ErrorKind::PermissionDenied => {
+                        (tonic::Code::PermissionDenied, StatusCode::Forbidden)
+                    }
+                    ErrorKind::Unavailable => {
+                        (tonic::Code::Unavailable, StatusCode::ServiceUnavailable)
+                    }
+                    ErrorKind::Internal => (tonic::Code::Internal, StatusCode::InternalServerError),
+                    _ => (tonic::Code::Unauthenticated, StatusCode::Unauthorized),
+                };
+                let mut denied = DeniedHttpResponse {
+                    status: Some(HttpStatus { code: http.into() }),
+                    headers: vec![header(
+                        "content-type",
+                        "application/json",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    )],
+                    body: serde_json::json!({ "error": kind.as_str(), "message": message })
+                        .to_string(),
+                };
+                if http == StatusCode::Unauthorized {
+                    denied.headers.push(header(
+                        "www-authenticate",
+                        "Bearer realm=\"authgate\"",
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ));
+                }
+                CheckResponse {
+                    status: Some(rpc::Status { code: grpc as i32, message }),
+                    http_response: Some(HttpResponse::DeniedResponse(denied)),
+                }
+            }
+        };
+        Ok(Response::new(answer))
+    }
+}

@@ -1,0 +1,551 @@
+//! Fitting into real infrastructure: Envoy ext_authz (a tonic client speaking the vendored Envoy
+//! protos), nginx `auth_request` (a real nginx in front of a small upstream), access rules at login
+//! and at check time, Prometheus metrics (parsed by the reference Python parser), request ids,
+//! readiness, and the CLI.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use authgate::{
+    ext::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, CheckResponse,
+        attribute_context::{HttpRequest, Request as AttrRequest},
+        authorization_client::AuthorizationClient,
+        check_response::HttpResponse,
+    },
+    pb::{ExchangeCodeRequest, GetLoginUrlRequest},
+};
+use axum::{Json, Router, http::HeaderMap, routing::get};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::{
+    helpers::*,
+    http_routes::{app_with_http_callback, browser_session},
+    login_flow::full_login,
+};
+
+async fn envoy_check(app: &TestApp, headers: &[(&str, &str)]) -> CheckResponse {
+    let channel =
+        tonic::transport::Channel::from_shared(app.base_url()).unwrap().connect().await.unwrap();
+    let http = HttpRequest {
+        method: "GET".into(),
+        path: "/orders".into(),
+        host: "shop.example.com".into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext { request: Some(AttrRequest { http: Some(http) }) }),
+    };
+    AuthorizationClient::new(channel).check(request).await.unwrap().into_inner()
+}
+
+fn ok_headers(r: &CheckResponse) -> (BTreeMap<String, String>, Vec<String>) {
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else { panic!("not OK: {r:?}") };
+    let set = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    (set, ok.headers_to_remove.clone())
+}
+
+fn denied(r: &CheckResponse) -> (i32, u32, BTreeMap<String, String>, String) {
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+        panic!("not denied: {r:?}")
+    };
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    (
+        r.status.as_ref().unwrap().code,
+        d.status.as_ref().unwrap().code as u32,
+        headers,
+        d.body.clone(),
+    )
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_allows_valid_tokens_with_identity_headers_and_denies_the_rest() {
+    let (app, _provider) = app_with_http_callback().await;
+    let done = full_login(&app, ALICE).await;
+
+    let bearer = format!("Bearer {}", done.access_token);
+    let r = envoy_check(&app, &[("authorization", &bearer)]).await;
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+    let (set, removed) = ok_headers(&r);
+    assert_eq!(set["x-authgate-sub"], "00u1alice");
+    assert_eq!(set["x-authgate-email"], "alice@example.com");
+    assert_eq!(set["x-authgate-groups"], "Everyone,admins");
+    assert!(removed.is_empty());
+
+    // The browser session cookie works too.
+    let cookie = browser_session(&app, BOB).await;
+    let r =
+        envoy_check(&app, &[("cookie", &format!("theme=dark; authgate_session={cookie}"))]).await;
+    let (set, _) = ok_headers(&r);
+    assert_eq!(set["x-authgate-sub"], "00u2bob");
+
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer not-a-token")],
+        vec![("authorization", "Basic YWxpY2U6cHc=")],
+        vec![("cookie", "authgate_session=unknown-session-value")],
+        vec![("x-authgate-sub", "00u1alice")],
+    ] {
+        let r = envoy_check(&app, &headers).await;
+        let (grpc, http, h, body) = denied(&r);
+        assert_eq!(grpc, Code::Unauthenticated as i32, "{headers:?}");
+        assert_eq!(http, 401, "{headers:?}");
+        assert!(h["www-authenticate"].starts_with("Bearer"), "{h:?}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "unauthenticated");
+    }
+}
+
+#[tokio::test]
+async fn access_rules_apply_at_login_and_at_check_time() {
+    // Login: only admins may sign in.
+    let admins_only = spawn_app(AppOptions::real().set("AUTHGATE_ALLOWED_GROUPS", "admins")).await;
+    let ok = full_login(&admins_only, ALICE).await;
+    assert_eq!(ok.user.unwrap().sub, "00u1alice");
+    let request = crate::login_flow::login_until_callback(&admins_only, BOB).await;
+    let err = admins_only.grpc.clone().exchange_code(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("access denied by the allowed_groups rule"), "{err:?}");
+    assert_eq!(admins_only.count_rows("sessions").await, 1, "no session for the refused user");
+
+    let wrong_domain =
+        spawn_app(AppOptions::real().set("AUTHGATE_ALLOWED_EMAIL_DOMAINS", "example.org")).await;
+    let request = crate::login_flow::login_until_callback(&wrong_domain, ALICE).await;
+    let err = wrong_domain.grpc.clone().exchange_code(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("allowed_email_domains") && err.message().contains("example.com"),
+        "{err:?}"
+    );
+
+    // Check time: a replica with stricter rules on the same database refuses bob's valid token.
+    let db = TestDatabase::create().await;
+    let open = spawn_app(
+        AppOptions { database_url: Some(db.url.clone()), ..AppOptions::real() }
+            .set("AUTHGATE_PUBLIC_URL", "http://localhost:8080"),
+    )
+    .await;
+    let strict = spawn_app(
+        AppOptions { database_url: Some(db.url.clone()), ..AppOptions::real() }
+            .set("AUTHGATE_PUBLIC_URL", "http://localhost:8080")
+            .set("AUTHGATE_ALLOWED_GROUPS", "admins"),
+    )
+    .await;
+    let bob = full_login(&open, BOB).await.access_token;
+    let alice = full_login(&open, ALICE).await.access_token;
+    let r = envoy_check(&strict, &[("authorization", &format!("Bearer {bob}"))]).await;
+    let (grpc, http, _, body) = denied(&r);
+    assert_eq!((grpc, http), (Code::PermissionDenied as i32, 403));
+    assert!(body.contains("allowed_groups"), "{body}");
+    let r = envoy_check(&strict, &[("authorization", &format!("Bearer {alice}"))]).await;
+    assert_eq!(r.status.unwrap().code, 0);
+    let check = reqwest::Client::new()
+        .get(format!("{}/auth/check", strict.base_url()))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn auth_check_answers_200_with_identity_headers_or_401() {
+    let (app, _provider) = app_with_http_callback().await;
+    let done = full_login(&app, ALICE).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/auth/check", app.base_url());
+
+    let ok = http.get(&url).bearer_auth(&done.access_token).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["x-authgate-sub"], "00u1alice");
+    assert_eq!(ok.headers()["x-authgate-groups"], "Everyone,admins");
+    let cookie = browser_session(&app, BOB).await;
+    let ok =
+        http.get(&url).header("cookie", format!("authgate_session={cookie}")).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["x-authgate-email"], "bob@example.com");
+
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(anonymous.headers().get("x-authgate-sub").is_none());
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"], "unauthenticated");
+}
+
+/// An upstream that answers with the headers it received.
+async fn echo_upstream() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new().fallback(get(|headers: HeaderMap| async move {
+        let map: HashMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        Json(map)
+    }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// A real nginx (Debian's package) with `auth_request` to authgate in front of `upstream`.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_nginx(authgate: &str, upstream: u16) -> Nginx {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx must be installed (apt-get install nginx; scripts/test does it)");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.path().display();
+    let conf = format!(
+        r#"daemon off;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      auth_request /_authgate;
+      auth_request_set $authgate_sub $upstream_http_x_authgate_sub;
+      auth_request_set $authgate_email $upstream_http_x_authgate_email;
+      auth_request_set $authgate_groups $upstream_http_x_authgate_groups;
+      proxy_set_header X-Authgate-Sub $authgate_sub;
+      proxy_set_header X-Authgate-Email $authgate_email;
+      proxy_set_header X-Authgate-Groups $authgate_groups;
+      proxy_pass http://127.0.0.1:{upstream};
+    }}
+    location = /_authgate {{
+      internal;
+      proxy_pass {authgate}/auth/check;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+    }}
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(nginx)
+        .args(["-p", &dir.path().display().to_string(), "-c", "nginx.conf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Nginx { child, port, _dir: dir };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn nginx_auth_request_passes_identity_and_refuses_anonymous_requests() {
+    let app = spawn_app(AppOptions::real()).await;
+    let done = full_login(&app, ALICE).await;
+    let upstream = echo_upstream().await;
+    let nginx = start_nginx(&app.base_url(), upstream).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/orders", nginx.port);
+
+    let passed = http
+        .get(&url)
+        .bearer_auth(&done.access_token)
+        .header("x-authgate-sub", "someone-else")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(passed.status(), StatusCode::OK);
+    let seen: HashMap<String, String> = passed.json().await.unwrap();
+    assert_eq!(seen["x-authgate-sub"], "00u1alice", "nginx replaced the spoofed header");
+    assert_eq!(seen["x-authgate-email"], "alice@example.com");
+    assert_eq!(seen["x-authgate-groups"], "Everyone,admins");
+
+    for request in [
+        http.get(&url),
+        http.get(&url).header("x-authgate-sub", "00u1alice"),
+        http.get(&url).bearer_auth("forged.token.value"),
+    ] {
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_exposed_in_the_prometheus_text_format() {
+    let app = spawn_app(AppOptions::real()).await;
+    let done = full_login(&app, ALICE).await;
+    let _ = app
+        .grpc
+        .clone()
+        .exchange_code(ExchangeCodeRequest {
+            code: "x".into(),
+            state: "s".repeat(43),
+            binding: "b".repeat(43),
+            redirect_uri: String::new(),
+        })
+        .await;
+    validate(&app, &done.access_token).await;
+    validate(&app, "garbage").await;
+    let _ = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap();
+    let response = reqwest::get(format!("{}/metrics", app.base_url())).await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+
+    // Parsed by the reference parser (Python prometheus_client), not by string matching.
+    let parser = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client (pip install prometheus-client) refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sample = |family: &str, name: &str, labels: &[(&str, &str)]| -> f64 {
+        families[family]["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no family {family}: {text}"))
+            .iter()
+            .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][k] == *v))
+            .and_then(|s| s[2].as_f64())
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in {family}"))
+    };
+    assert_eq!(families["authgate_logins_started"]["type"], "counter");
+    assert!(sample("authgate_logins_started", "authgate_logins_started_total", &[]) >= 2.0);
+    assert!(sample("authgate_logins_completed", "authgate_logins_completed_total", &[]) >= 1.0);
+    assert!(
+        sample(
+            "authgate_logins_failed",
+            "authgate_logins_failed_total",
+            &[("reason", "unknown_state")]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            "authgate_token_validations",
+            "authgate_token_validations_total",
+            &[("result", "valid")]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            "authgate_token_validations",
+            "authgate_token_validations_total",
+            &[("result", "malformed")]
+        ) >= 1.0
+    );
+    assert_eq!(families["authgate_grpc_request_duration_seconds"]["type"], "histogram");
+    assert!(
+        sample(
+            "authgate_grpc_request_duration_seconds",
+            "authgate_grpc_request_duration_seconds_count",
+            &[("method", "/authgate.v1.AuthService/ExchangeCode")]
+        ) >= 2.0
+    );
+    assert!(
+        sample(
+            "authgate_provider_request_duration_seconds",
+            "authgate_provider_request_duration_seconds_count",
+            &[("endpoint", "token")]
+        ) >= 1.0
+    );
+    assert!(
+        sample("authgate_pending_login_attempts", "authgate_pending_login_attempts", &[]) >= 1.0
+    );
+    assert!(
+        sample("authgate_db_pool_max_connections", "authgate_db_pool_max_connections", &[]) >= 1.0
+    );
+    assert!(families["authgate_db_pool_connections"]["samples"].as_array().unwrap().len() == 2);
+    assert_eq!(sample("authgate_ready", "authgate_ready", &[]), 1.0);
+    assert!(families["authgate_http_request_duration_seconds"].is_object());
+}
+
+#[tokio::test]
+async fn every_request_gets_a_request_id_that_reaches_the_logs() {
+    let app = spawn_app(AppOptions::real()).await;
+    let http = reqwest::Client::new();
+    let generated = http.get(format!("{}/healthz", app.base_url())).send().await.unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(id.len() >= 16);
+    let given = http
+        .get(format!("{}/api/login?prompt=bogus", app.base_url()))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+    let ignored = http
+        .get(format!("{}/healthz", app.base_url()))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(ignored.headers()["x-request-id"], "bad id with spaces");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = captured_logs();
+    assert!(
+        logs.lines().any(|l| l.contains("request_id=trace-me-42") && l.contains("request refused")),
+        "the refusal is logged with the caller's request id"
+    );
+}
+
+#[tokio::test]
+async fn readyz_flips_while_the_database_is_down_and_recovers() {
+    let db = TestDatabase::create().await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = spawn_app(AppOptions {
+        database_url: Some(format!("postgres://postgres@{}/{}", proxy.addr, db.name)),
+        ..AppOptions::real()
+    })
+    .await;
+    let readyz = format!("{}/readyz", app.base_url());
+    let wait_for = |want: StatusCode| {
+        let readyz = readyz.clone();
+        async move {
+            let http = reqwest::Client::new();
+            for _ in 0..100 {
+                let r = http.get(&readyz).send().await.unwrap();
+                if r.status() == want {
+                    return r.json::<Value>().await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("/readyz never answered {want}");
+        }
+    };
+    wait_for(StatusCode::OK).await;
+    proxy.set_down(true);
+    let body = wait_for(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["ready"], false);
+    assert_ne!(body["database"], "ok");
+    assert_eq!(body["provider"], "ok");
+    let live = reqwest::get(format!("{}/healthz", app.base_url())).await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK, "liveness does not depend on the database");
+    proxy.set_down(false);
+    wait_for(StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn the_cli_checks_the_configuration_and_explains_itself() {
+    let db = TestDatabase::create().await;
+    let run = |args: &[&str], issuer: &str| {
+        Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("DATABASE_URL", &db.url)
+            .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("AUTHGATE_ISSUER_URL", issuer)
+            .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
+            .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
+            .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
+            .env("AUTHGATE_PROVIDER_TIMEOUT", "2")
+            .output()
+            .unwrap()
+    };
+    let issuer = dev_provider().issuer.clone();
+    let out = run(&["migrate"], &issuer);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["check-config"], &issuer);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for check in ["configuration", "provider", "database", "signing keys"] {
+        assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {text}");
+    }
+    assert!(!text.contains(TEST_CLIENT_SECRET) && !text.contains(ENCRYPTION_KEY));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = run(&["check-config"], &format!("http://{closed}/oauth2/default"));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("provider")), "{text}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("serve")
+        .env_clear()
+        .env("AUTHGATE_ISSUER_URL", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("issuer_url (env AUTHGATE_ISSUER_URL)") && err.contains("client_id"),
+        "{err}"
+    );
+
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["check-config", "--help"],
+        &["keys", "rotate", "--help"],
+    ] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_authgate")).args(args).env_clear().output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: authgate"), "{args:?}");
+    }
+}
