@@ -54,6 +54,8 @@ pub struct Config {
     pub health_check_interval: Duration,
     /// Size of the database connection pool.
     pub database_max_connections: u32,
+    /// OTLP/HTTP collector base URL for traces (e.g. `http://otel-collector:4318`); unset, no export.
+    pub otlp_endpoint: Option<String>,
     /// Whether RefreshSession also refreshes at the provider (when it issued a refresh token).
     pub refresh_at_provider: bool,
     /// How often every replica re-reads recent revocations (the bound on how stale
@@ -258,6 +260,7 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("database_max_connections", Kind::Scalar),
     ("post_logout_redirect_uris", Kind::List),
     ("allowed_groups", Kind::List),
+    ("otlp_endpoint", Kind::Scalar),
     ("allowed_email_domains", Kind::List),
     ("identity_header_prefix", Kind::Scalar),
     ("refresh_at_provider", Kind::Scalar),
@@ -631,6 +634,7 @@ impl Parser {
                 "must be letters, digits and dashes, e.g. `x-authgate-`",
             );
         }
+        let otlp_endpoint = self.url(raw, "otlp_endpoint").map(|u| u.to_string());
         let refresh_at_provider = match raw.scalar("refresh_at_provider").unwrap_or("true") {
             "true" => true,
             "false" => false,
@@ -791,6 +795,7 @@ impl Parser {
                 database_max_connections,
                 refresh_at_provider,
                 revocation_sync_interval,
+                otlp_endpoint,
             }),
             _ => Err(ConfigError { problems: self.problems }),
         }

@@ -267,6 +267,7 @@ impl Store {
     }
 
     /// Applies the embedded migrations (idempotent).
+    #[tracing::instrument(name = "db", skip_all, fields(op = "migrate"))]
     pub async fn migrate(&self) -> Result<(), StoreError> {
         on_backend!(self, s => s.migrate().await)
     }
@@ -276,17 +277,20 @@ impl Store {
         on_backend!(self, s => s.ping().await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_attempt"))]
     pub async fn insert_attempt(&self, attempt: &LoginAttempt) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_attempt(attempt).await)
     }
 
     /// Inserts several attempts with one statement and one commit.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_attempts"))]
     pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_attempts(attempts).await)
     }
 
     /// Atomically deletes and returns the attempt with this state and binding. Two concurrent
     /// calls for the same state cannot both get it: the DELETE decides.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "consume_attempt"))]
     pub async fn consume_attempt(
         &self,
         state_hash: &[u8],
@@ -297,6 +301,7 @@ impl Store {
 
     /// [`Self::consume_attempt`] for several `(state_hash, binding_hash)` requests at once, one
     /// result per request, in order.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "consume_attempts"))]
     pub async fn consume_attempts(
         &self,
         requests: &[(Vec<u8>, Vec<u8>)],
@@ -305,6 +310,7 @@ impl Store {
     }
 
     /// Inserts several sessions, each with its first refresh handle, atomically.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_sessions"))]
     pub async fn insert_sessions(
         &self,
         sessions: &[(SessionRecord, Vec<u8>)],
@@ -313,15 +319,18 @@ impl Store {
     }
 
     /// Deletes attempts that expired before `now`; returns how many.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "sweep_expired_attempts"))]
     pub async fn sweep_expired_attempts(&self, now: i64) -> Result<u64, StoreError> {
         on_backend!(self, s => s.sweep_expired_attempts(now).await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "count_pending_attempts"))]
     pub async fn count_pending_attempts(&self, now: i64) -> Result<i64, StoreError> {
         on_backend!(self, s => s.count_pending_attempts(now).await)
     }
 
     /// Inserts a session and its first refresh handle, atomically.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_session"))]
     pub async fn insert_session(
         &self,
         session: &SessionRecord,
@@ -331,6 +340,7 @@ impl Store {
     }
 
     /// Marks a refresh handle used, exactly once (see [`RefreshUse`]).
+    #[tracing::instrument(name = "db", skip_all, fields(op = "use_refresh_handle"))]
     pub async fn use_refresh_handle(
         &self,
         handle_hash: &[u8],
@@ -341,10 +351,12 @@ impl Store {
 
     /// Un-marks a handle whose use could not complete (the provider was unreachable), so the
     /// client can retry with it.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "release_refresh_handle"))]
     pub async fn release_refresh_handle(&self, handle_hash: &[u8]) -> Result<(), StoreError> {
         on_backend!(self, s => s.release_refresh_handle(handle_hash).await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_refresh_handle"))]
     pub async fn insert_refresh_handle(
         &self,
         handle_hash: &[u8],
@@ -355,17 +367,20 @@ impl Store {
     }
 
     /// Stores rotated provider tokens (encrypted) and the profile.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "update_session_tokens"))]
     pub async fn update_session_tokens(&self, session: &SessionRecord) -> Result<bool, StoreError> {
         on_backend!(self, s => s.update_session_tokens(session).await)
     }
 
     /// Revokes a session; `false` if it was already revoked or does not exist.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_session"))]
     pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         on_backend!(self, s => s.revoke_session(id, now).await)
     }
 
     /// Revokes the live sessions with this provider session id (`sid`) or, when no `sid` is
     /// given, with this subject. Returns the revoked session ids.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_sessions_by_provider"))]
     pub async fn revoke_sessions_by_provider(
         &self,
         provider_sid: Option<&str>,
@@ -376,11 +391,13 @@ impl Store {
     }
 
     /// Sessions revoked at or after `since`: `(id, revoked_at)`.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "revoked_since"))]
     pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
         on_backend!(self, s => s.revoked_since(since).await)
     }
 
     /// Records a back-channel logout token's `jti`; `false` if it was seen before (a replay).
+    #[tracing::instrument(name = "db", skip_all, fields(op = "remember_logout_jti"))]
     pub async fn remember_logout_jti(
         &self,
         jti: &str,
@@ -391,19 +408,23 @@ impl Store {
 
     /// Deletes what can no longer matter: sessions ended more than `grace` seconds ago (with
     /// their refresh handles) and expired logout `jti`s. Returns the number of sessions deleted.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "sweep_ended_sessions"))]
     pub async fn sweep_ended_sessions(&self, now: i64, grace: i64) -> Result<u64, StoreError> {
         on_backend!(self, s => s.sweep_ended_sessions(now, grace).await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "delete_signing_key"))]
     pub async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
         on_backend!(self, s => s.delete_signing_key(kid).await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "get_session"))]
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         on_backend!(self, s => s.get_session(id).await)
     }
 
     /// The session whose cookie hashes to `cookie_hash`.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "get_session_by_cookie"))]
     pub async fn get_session_by_cookie(
         &self,
         cookie_hash: &[u8],
@@ -412,6 +433,7 @@ impl Store {
     }
 
     /// Replaces the stored profile and, when given, the provider access token and its expiry.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "update_session_profile"))]
     pub async fn update_session_profile(
         &self,
         id: &str,
@@ -421,11 +443,13 @@ impl Store {
         on_backend!(self, s => s.update_session_profile(id, profile_json, provider_access_token).await)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_signing_key"))]
     pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_signing_key(key).await)
     }
 
     /// Every signing key not yet expired at `now`, oldest first.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "list_signing_keys"))]
     pub async fn list_signing_keys(&self, now: i64) -> Result<Vec<StoredSigningKey>, StoreError> {
         on_backend!(self, s => s.list_signing_keys(now).await)
     }

@@ -549,3 +549,125 @@ async fn the_cli_checks_the_configuration_and_explains_itself() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: authgate"), "{args:?}");
     }
 }
+
+/// Runs the real binary with OTLP export to a fake collector and JSON logs: the spans of a
+/// request arrive at the collector, and the log lines are JSON carrying the request id.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
+    use std::sync::{Arc, Mutex};
+    /// (content type, body) of each export the collector received.
+    type Exports = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Exports = Arc::default();
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", collector.local_addr().unwrap());
+    let sink = Arc::clone(&received);
+    let app = Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sink = Arc::clone(&sink);
+            async move {
+                let kind = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                sink.lock().unwrap().push((kind, body.to_vec()));
+                ""
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(collector, app).await.unwrap() });
+
+    let db = TestDatabase::create().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("RUST_LOG", "info,authgate=debug")
+        .env("DATABASE_URL", &db.url)
+        .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("AUTHGATE_ISSUER_URL", &dev_provider().issuer)
+        .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
+        .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
+        .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
+        .env("AUTHGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        .env("AUTHGATE_OTLP_ENDPOINT", &collector_url)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the binary did not become ready");
+    let channel =
+        tonic::transport::Channel::from_shared(base.clone()).unwrap().connect().await.unwrap();
+    authgate::pb::auth_service_client::AuthServiceClient::new(channel)
+        .get_login_url(GetLoginUrlRequest::default())
+        .await
+        .unwrap();
+    let refused = http
+        .get(format!("{base}/api/login?prompt=bogus"))
+        .header("x-request-id", "json-log-check")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+
+    let mut exported = false;
+    for _ in 0..50 {
+        let got = received.lock().unwrap().clone();
+        let all: Vec<u8> = got.iter().flat_map(|(_, b)| b.clone()).collect();
+        let has = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+        if has(b"GetLoginUrl") && has(b"authgate") && has(b"db") {
+            assert!(
+                got.iter().all(|(kind, _)| kind == "application/x-protobuf"),
+                "{:?}",
+                got.iter().map(|g| &g.0).collect::<Vec<_>>()
+            );
+            exported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(exported, "no OTLP export with the GetLoginUrl span reached the collector");
+
+    // SIGTERM: graceful shutdown; then read the JSON log lines.
+    let pid = child.id().unwrap();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "graceful shutdown exits 0");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(output_dir().join("json-logs.txt"), logs.as_bytes()).unwrap();
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "authgate listening"),
+        "{}",
+        logs.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "request refused"
+                && l["span"]["request_id"] == "json-log-check"),
+        "{logs}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "authgate stopped"));
+    assert!(!logs.contains(TEST_CLIENT_SECRET));
+}
