@@ -663,3 +663,40 @@ async fn two_replicas_on_one_database_act_as_one() {
     eprintln!("logout on replica A seen by replica B after {seen_after:?}");
     assert_eq!(reason(&validate(&b, &done.access_token).await), InvalidReason::Revoked);
 }
+
+#[tokio::test]
+async fn keys_rotate_on_schedule() {
+    let app = spawn_app(
+        AppOptions::real()
+            .set("AUTHGATE_KEY_ROTATION_INTERVAL", "4")
+            .set("AUTHGATE_KEY_PUBLISH_AHEAD", "2")
+            .set("AUTHGATE_KEY_RELOAD_INTERVAL", "1"),
+    )
+    .await;
+    let first = full_login(&app, ALICE).await.access_token;
+    let first_kid = jsonwebtoken::decode_header(&first).unwrap().kid.unwrap();
+    // Before the first key is 4 s old, a successor is published (2 s ahead), then it signs.
+    let mut successor = None;
+    for _ in 0..80 {
+        let keys = app.grpc.clone().get_jwks(GetJwksRequest {}).await.unwrap().into_inner().keys;
+        if let Some(k) = keys.iter().find(|k| k.kid != first_kid) {
+            successor = Some(k.kid.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let successor = successor.expect("a successor key was published on schedule");
+    let mut signed_by_successor = false;
+    for _ in 0..40 {
+        let token = full_login(&app, BOB).await.access_token;
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        if kid != first_kid {
+            signed_by_successor = true;
+            assert!(validate(&app, &token).await.valid);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(signed_by_successor, "the successor ({successor}) started signing");
+    assert!(validate(&app, &first).await.valid, "tokens of the previous key stay valid");
+}

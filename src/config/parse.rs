@@ -1,10 +1,8 @@
-//! Typed configuration, layered: built-in defaults, then a TOML file, then environment variables
-//! (`AUTHGATE_<SETTING>`, plus the conventional `DATABASE_URL`). Everything is validated at start;
-//! each problem names the setting (file key and environment variable) and says what to fix.
+//! Turning the merged file and environment settings into a validated [`Config`], collecting every
+//! problem on the way.
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -14,272 +12,8 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use serde::Deserialize;
 use url::Url;
 
+use super::*;
 use crate::{domain::RedirectUri, secret::Secret};
-
-/// A fully validated configuration. Build it with [`Config::load`] or [`Config::from_sources`].
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Address the single gRPC + grpc-web + HTTP listener binds to.
-    pub listen_addr: SocketAddr,
-    /// authgate's own base URL as clients reach it; the `iss` of the JWTs it mints and the base of
-    /// its published JWKS.
-    pub public_url: Url,
-    pub database: DatabaseConfig,
-    pub provider: ProviderConfig,
-    /// Exact-match allow-list for `redirect_uri`; the first one is the default. Always contains
-    /// `http_callback_url`.
-    pub redirect_uris: Vec<RedirectUri>,
-    /// The server-side flow's callback (`GET /authorization-code/callback` on this service).
-    pub http_callback_url: RedirectUri,
-    /// Exact-match allow-list of where the server-side flow may send the browser after login;
-    /// the first one is the default.
-    pub post_login_redirect_urls: Vec<String>,
-    /// Exact-match allow-list for Logout's `post_logout_redirect_uri`; the first is the default.
-    pub post_logout_redirect_uris: Vec<String>,
-    /// Who may sign in and pass the gateway checks.
-    pub access: AccessRules,
-    /// Prefix of the identity headers the gateway checks add (`<prefix>sub`, `email`, `groups`).
-    pub identity_header_prefix: String,
-    /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
-    pub cors_allowed_origins: Vec<String>,
-    pub tokens: TokenConfig,
-    /// How long a login attempt (state, nonce, PKCE verifier) stays redeemable.
-    pub attempt_ttl: Duration,
-    /// How long an authgate session lives before the user must sign in again.
-    pub session_ttl: Duration,
-    /// Key-encryption key for provider tokens and signing keys at rest (AES-256-GCM).
-    pub encryption_key: EncryptionKey,
-    pub log_format: LogFormat,
-    /// How often readiness (database and provider) is re-checked.
-    pub health_check_interval: Duration,
-    /// Size of the database connection pool.
-    pub database_max_connections: u32,
-    /// OTLP/HTTP collector base URL for traces (e.g. `http://otel-collector:4318`); unset, no export.
-    pub otlp_endpoint: Option<String>,
-    /// Whether RefreshSession also refreshes at the provider (when it issued a refresh token).
-    pub refresh_at_provider: bool,
-    /// How often every replica re-reads recent revocations (the bound on how stale
-    /// ValidateToken can be after a logout on another replica).
-    pub revocation_sync_interval: Duration,
-}
-
-/// Allow-lists applied at login (ExchangeCode, the HTTP callbacks) and at check time (Envoy
-/// ext_authz, `/auth/check`). Empty lists allow everyone.
-#[derive(Debug, Clone, Default)]
-pub struct AccessRules {
-    /// The user must be in at least one of these groups.
-    pub allowed_groups: Vec<String>,
-    /// The user's verified email must be in one of these domains (lower-case, exact).
-    pub allowed_email_domains: Vec<String>,
-}
-
-#[derive(Clone)]
-pub enum DatabaseConfig {
-    /// A PostgreSQL URL (may carry a password, hence secret).
-    Postgres(Secret<String>),
-    /// An embedded SQLite database file.
-    Sqlite(PathBuf),
-}
-
-impl fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Postgres(url) => write!(f, "Postgres({})", redact_url(url.expose())),
-            Self::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
-        }
-    }
-}
-
-impl DatabaseConfig {
-    /// A description safe to log: the URL without its password.
-    pub fn describe(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparseable url]".to_string(),
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    /// The provider's issuer exactly as configured, e.g.
-    /// `https://dev-123.okta.com/oauth2/default`; discovery is fetched from
-    /// `<issuer>/.well-known/openid-configuration` and the ID token `iss` must equal it
-    /// character for character (so it is kept as a string: a URL type would add a `/`).
-    pub issuer: String,
-    pub client_id: String,
-    pub client_secret: Secret<String>,
-    pub client_auth_method: ClientAuthMethod,
-    /// Scopes requested on every login (`openid` is always included).
-    pub scopes: Vec<String>,
-    /// Timeout for each HTTP call to the provider.
-    pub timeout: Duration,
-    /// Clock skew tolerated when checking `exp`/`iat` of provider tokens.
-    pub clock_skew: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuthMethod {
-    ClientSecretBasic,
-    ClientSecretPost,
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenConfig {
-    pub ttl: Duration,
-    /// The `aud` of authgate's JWTs; services verifying them must expect this value.
-    pub audience: String,
-    pub algorithm: SigningAlgorithm,
-    /// A PKCS#8 PEM private key to sign with. When unset, keys are generated and stored
-    /// (encrypted) in the database, shared by every replica.
-    pub key_file: Option<PathBuf>,
-    /// A new key is generated when the newest is this old (database keys only).
-    pub key_rotation_interval: Duration,
-    /// A new key is published this long before it starts signing, so every replica and every
-    /// JWKS cache (max-age 5 min) has it first.
-    pub key_publish_ahead: Duration,
-    /// How often each replica re-reads the key set.
-    pub key_reload_interval: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlgorithm {
-    Es256,
-    EdDsa,
-    Rs256,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Es256 => "ES256",
-            Self::EdDsa => "EdDSA",
-            Self::Rs256 => "RS256",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ES256" => Some(Self::Es256),
-            "EdDSA" => Some(Self::EdDsa),
-            "RS256" => Some(Self::Rs256),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The 32-byte key-encryption key. Where it came from is kept for logs.
-#[derive(Clone)]
-pub struct EncryptionKey {
-    pub key: Secret<[u8; 32]>,
-    /// `Some(path)` when the key was generated into this file on first start (SQLite only).
-    pub generated_at: Option<PathBuf>,
-}
-
-impl fmt::Debug for EncryptionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EncryptionKey([redacted])")
-    }
-}
-
-/// One configuration problem, naming the setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub setting: &'static str,
-    pub message: String,
-}
-
-/// Every problem found in the configuration; start-up stops and prints them all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub problems: Vec<ConfigProblem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration:")?;
-        for p in &self.problems {
-            write!(f, "\n  - {} (env {}): {}", p.setting, env_name(p.setting), p.message)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl ConfigError {
-    fn one(setting: &'static str, message: impl Into<String>) -> Self {
-        Self { problems: vec![ConfigProblem { setting, message: message.into() }] }
-    }
-}
-
-/// Every setting's file key and whether it is a list. The README's configuration table documents
-/// each one.
-pub const SETTINGS: &[(&str, Kind)] = &[
-    ("listen_addr", Kind::Scalar),
-    ("public_url", Kind::Scalar),
-    ("database_url", Kind::Scalar),
-    ("sqlite_path", Kind::Scalar),
-    ("issuer_url", Kind::Scalar),
-    ("client_id", Kind::Scalar),
-    ("client_secret", Kind::Scalar),
-    ("client_secret_file", Kind::Scalar),
-    ("client_auth_method", Kind::Scalar),
-    ("scopes", Kind::List),
-    ("provider_timeout", Kind::Scalar),
-    ("clock_skew", Kind::Scalar),
-    ("redirect_uris", Kind::List),
-    ("http_callback_url", Kind::Scalar),
-    ("post_login_redirect_urls", Kind::List),
-    ("cors_allowed_origins", Kind::List),
-    ("token_ttl", Kind::Scalar),
-    ("token_audience", Kind::Scalar),
-    ("signing_algorithm", Kind::Scalar),
-    ("signing_key_file", Kind::Scalar),
-    ("attempt_ttl", Kind::Scalar),
-    ("session_ttl", Kind::Scalar),
-    ("encryption_key", Kind::Scalar),
-    ("encryption_key_file", Kind::Scalar),
-    ("log_format", Kind::Scalar),
-    ("health_check_interval", Kind::Scalar),
-    ("database_max_connections", Kind::Scalar),
-    ("post_logout_redirect_uris", Kind::List),
-    ("allowed_groups", Kind::List),
-    ("otlp_endpoint", Kind::Scalar),
-    ("allowed_email_domains", Kind::List),
-    ("identity_header_prefix", Kind::Scalar),
-    ("refresh_at_provider", Kind::Scalar),
-    ("revocation_sync_interval", Kind::Scalar),
-    ("key_rotation_interval", Kind::Scalar),
-    ("key_publish_ahead", Kind::Scalar),
-    ("key_reload_interval", Kind::Scalar),
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Scalar,
-    List,
-}
-
-/// The environment variable for a setting: `AUTHGATE_` + upper-case key.
-pub fn env_name(setting: &str) -> String {
-    format!("AUTHGATE_{}", setting.to_ascii_uppercase())
-}
 
 /// A value as written in the file: TOML strings, numbers and booleans are all accepted and read
 /// as text, so the file and the environment parse the same way.
@@ -294,9 +28,9 @@ enum RawValue {
 
 /// The merged, still unparsed settings.
 #[derive(Default)]
-struct Raw {
-    scalars: BTreeMap<&'static str, String>,
-    lists: BTreeMap<&'static str, Vec<String>>,
+pub(super) struct Raw {
+    pub(super) scalars: BTreeMap<&'static str, String>,
+    pub(super) lists: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl Raw {
@@ -305,70 +39,7 @@ impl Raw {
     }
 }
 
-/// The cookie binding a server-side login attempt to the browser.
-pub const LOGIN_COOKIE: &str = "authgate_login";
-/// The browser session cookie of the server-side flow.
-pub const SESSION_COOKIE: &str = "authgate_session";
-
-impl Config {
-    /// Cookies get `Secure` and the `__Host-` prefix when authgate is served over https.
-    pub fn secure_cookies(&self) -> bool {
-        self.public_url.scheme() == "https"
-    }
-
-    /// A cookie's name: over https with the `__Host-` prefix (Secure, no Domain, Path=/, so no
-    /// sibling subdomain can set or overwrite it).
-    pub fn cookie_name(&self, base: &str) -> String {
-        if self.secure_cookies() { format!("__Host-{base}") } else { base.to_string() }
-    }
-
-    /// Loads the configuration from an optional TOML file and the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let text = match file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::one("config", format!("cannot read {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let env: BTreeMap<String, String> = std::env::vars().collect();
-        Self::from_sources(text.as_deref(), &env)
-    }
-
-    /// Builds the configuration from TOML text (if any) and an environment map. Env wins.
-    pub fn from_sources(
-        file: Option<&str>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Self, ConfigError> {
-        let mut raw = Raw::default();
-        if let Some(text) = file {
-            read_file(text, &mut raw)?;
-        }
-        if let Some(url) = env.get("DATABASE_URL") {
-            raw.scalars.insert("database_url", url.clone());
-        }
-        for (key, kind) in SETTINGS {
-            if let Some(value) = env.get(&env_name(key)) {
-                match kind {
-                    Kind::Scalar => {
-                        raw.scalars.insert(key, value.clone());
-                    }
-                    Kind::List => {
-                        let items = value
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect();
-                        raw.lists.insert(key, items);
-                    }
-                }
-            }
-        }
-        Parser::default().parse(&raw)
-    }
-}
-
-fn read_file(text: &str, raw: &mut Raw) -> Result<(), ConfigError> {
+pub(super) fn read_file(text: &str, raw: &mut Raw) -> Result<(), ConfigError> {
     let table: BTreeMap<String, RawValue> = toml::from_str(text)
         .map_err(|e| ConfigError::one("config", format!("the TOML file does not parse: {e}")))?;
     for (key, value) in table {
@@ -407,7 +78,7 @@ fn read_file(text: &str, raw: &mut Raw) -> Result<(), ConfigError> {
 
 /// Collects every problem instead of stopping at the first.
 #[derive(Default)]
-struct Parser {
+pub(super) struct Parser {
     problems: Vec<ConfigProblem>,
 }
 
@@ -471,7 +142,7 @@ impl Parser {
         }
     }
 
-    fn parse(mut self, raw: &Raw) -> Result<Config, ConfigError> {
+    pub(super) fn parse(mut self, raw: &Raw) -> Result<Config, ConfigError> {
         let listen_addr = match raw.scalar("listen_addr").unwrap_or("127.0.0.1:8080").parse() {
             Ok(addr) => addr,
             Err(_) => {
@@ -911,126 +582,4 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
-    fn minimal() -> BTreeMap<String, String> {
-        env(&[
-            ("AUTHGATE_ISSUER_URL", "https://dev-123.okta.com/oauth2/default"),
-            ("AUTHGATE_CLIENT_ID", "client"),
-            ("AUTHGATE_CLIENT_SECRET", "s3cret-value"),
-            (
-                "AUTHGATE_REDIRECT_URIS",
-                "http://localhost:5173/callback, https://app.example.com/cb",
-            ),
-            ("AUTHGATE_ENCRYPTION_KEY", KEY),
-            ("DATABASE_URL", "postgres://u:pw@127.0.0.1/db"),
-        ])
-    }
-
-    #[test]
-    fn env_only_configuration_loads_with_defaults() {
-        let config = Config::from_sources(None, &minimal()).unwrap();
-        assert_eq!(config.redirect_uris.len(), 3, "the two configured plus the HTTP callback");
-        assert_eq!(config.redirect_uris[0].as_str(), "http://localhost:5173/callback");
-        assert_eq!(
-            config.http_callback_url.as_str(),
-            "http://127.0.0.1:8080/authorization-code/callback"
-        );
-        assert_eq!(config.post_login_redirect_urls, vec!["http://127.0.0.1:8080/"]);
-        assert_eq!(config.tokens.ttl, Duration::from_secs(900));
-        assert_eq!(config.attempt_ttl, Duration::from_secs(600));
-        assert_eq!(config.provider.scopes, vec!["openid", "profile", "email"]);
-        assert_eq!(config.tokens.algorithm, SigningAlgorithm::Es256);
-        assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
-    }
-
-    #[test]
-    fn env_wins_over_the_file() {
-        let file = r#"
-            token_ttl = "5m"
-            client_id = "from-file"
-            scopes = ["openid", "email"]
-        "#;
-        let mut e = minimal();
-        e.insert("AUTHGATE_TOKEN_TTL".into(), "120".into());
-        let config = Config::from_sources(Some(file), &e).unwrap();
-        assert_eq!(config.tokens.ttl, Duration::from_secs(120));
-        assert_eq!(config.provider.client_id, "client");
-        assert_eq!(config.provider.scopes, vec!["openid", "email"]);
-    }
-
-    #[test]
-    fn problems_name_the_setting_and_env_variable() {
-        let mut e = minimal();
-        e.insert("AUTHGATE_ISSUER_URL".into(), "http://okta.example.com/oauth2/default".into());
-        e.insert("AUTHGATE_TOKEN_TTL".into(), "soon".into());
-        e.remove("AUTHGATE_CLIENT_ID");
-        let err = Config::from_sources(None, &e).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("issuer_url (env AUTHGATE_ISSUER_URL): `http://okta.example.com/oauth2/default` must use https"), "{text}");
-        assert!(text.contains("token_ttl"), "{text}");
-        assert!(text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"), "{text}");
-    }
-
-    #[test]
-    fn a_plain_http_public_url_off_localhost_is_refused_with_a_reason() {
-        let mut e = minimal();
-        e.insert("AUTHGATE_PUBLIC_URL".into(), "http://auth.example.com".into());
-        let err = Config::from_sources(None, &e).unwrap_err();
-        assert_eq!(err.problems[0].setting, "public_url", "{err}");
-        assert!(err.to_string().contains("must use https"), "{err}");
-    }
-
-    #[test]
-    fn postgres_requires_an_explicit_encryption_key() {
-        let mut e = minimal();
-        e.remove("AUTHGATE_ENCRYPTION_KEY");
-        let err = Config::from_sources(None, &e).unwrap_err();
-        assert_eq!(err.problems[0].setting, "encryption_key");
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        let err = Config::from_sources(Some("client_secrt = 'x'"), &minimal()).unwrap_err();
-        assert!(err.to_string().contains("unknown setting `client_secrt`"));
-    }
-
-    #[test]
-    fn secrets_never_show_in_debug_output() {
-        let config = Config::from_sources(None, &minimal()).unwrap();
-        let debug = format!("{config:?}");
-        assert!(!debug.contains("s3cret-value"), "{debug}");
-        assert!(!debug.contains(KEY), "{debug}");
-        assert!(!debug.contains(":pw@"), "{debug}");
-    }
-
-    #[test]
-    fn redirect_uris_and_origins_are_checked() {
-        let mut e = minimal();
-        e.insert("AUTHGATE_REDIRECT_URIS".into(), "not a url,http://x.example.com/cb#frag".into());
-        e.insert("AUTHGATE_CORS_ALLOWED_ORIGINS".into(), "http://localhost:5173/".into());
-        let err = Config::from_sources(None, &e).unwrap_err();
-        let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
-        assert_eq!(settings, vec!["redirect_uris", "redirect_uris", "cors_allowed_origins"]);
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("1w"), None);
-        assert_eq!(parse_duration("-5"), None);
-    }
 }

@@ -17,8 +17,8 @@ use openidconnect::{
     AuthenticationFlow, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl,
     LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
-    StandardTokenResponse, SubjectIdentifier, TokenResponse, UserInfoError,
+    RedirectUrl, RefreshToken, Scope, StandardErrorResponse, StandardTokenResponse,
+    SubjectIdentifier, TokenResponse, UserInfoError,
     core::{
         CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
         CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
@@ -40,6 +40,11 @@ use crate::{
     domain::Profile,
     secret::Secret,
 };
+
+mod errors;
+mod logout;
+
+use errors::{claims_sid, discovery_error, error_chain, id_token_error, observed, token_error};
 
 /// The `groups` claim (Okta, `oidc-provider` and most IdPs use a string array).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -265,15 +270,6 @@ impl OidcProvider {
         Ok(())
     }
 
-    /// The provider's JWKS in `jsonwebtoken`'s form, for tokens openidconnect does not model
-    /// (back-channel logout tokens).
-    fn jwk_set(&self) -> Result<jsonwebtoken::jwk::JwkSet, ProviderError> {
-        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
-        serde_json::to_value(&jwks).and_then(serde_json::from_value).map_err(|e| {
-            ProviderError::BadResponse(format!("the provider's JWKS is unusable: {e}"))
-        })
-    }
-
     /// Client authentication for the calls authgate makes by hand (revocation).
     fn authenticate(
         &self,
@@ -378,109 +374,6 @@ impl OidcProvider {
         let sid = claims_sid(id_token);
         Ok((profile, sid))
     }
-}
-
-/// Times a call to the provider and counts its failure, by endpoint.
-async fn observed<T, E>(
-    endpoint: &'static str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let result = crate::metrics::timed(
-        "authgate_provider_request_duration_seconds",
-        &[("endpoint", endpoint)],
-        call,
-    )
-    .await;
-    if result.is_err() {
-        crate::metrics::inc("authgate_provider_errors_total", &[("endpoint", endpoint)]);
-    }
-    result
-}
-
-/// The `sid` claim is not modelled by openidconnect; read it from the (already verified) payload.
-fn claims_sid<T: Serialize>(id_token: &T) -> Option<String> {
-    let compact = serde_json::to_value(id_token).ok()?;
-    let payload = compact.as_str()?.split('.').nth(1)?;
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("sid")?.as_str().map(str::to_string)
-}
-
-fn discovery_error<E: std::error::Error>(
-    what: &str,
-    e: openidconnect::DiscoveryError<E>,
-) -> ProviderError {
-    use openidconnect::DiscoveryError as D;
-    match e {
-        D::Request(inner) => {
-            ProviderError::Unreachable(format!("{what} request failed: {}", error_chain(&inner)))
-        }
-        D::Response(status, _, msg) => {
-            ProviderError::BadResponse(format!("{what} answered HTTP {status}: {msg}"))
-        }
-        D::Parse(inner) => {
-            ProviderError::BadResponse(format!("{what} document does not parse: {inner}"))
-        }
-        D::Validation(msg) => {
-            ProviderError::BadResponse(format!("{what} document is invalid: {msg}"))
-        }
-        D::UrlParse(inner) => ProviderError::BadResponse(format!("{what} URL is invalid: {inner}")),
-        D::Other(msg) => ProviderError::BadResponse(format!("{what} failed: {msg}")),
-        _ => ProviderError::BadResponse(format!("{what} failed")),
-    }
-}
-
-/// An error and its sources on one line (reqwest hides the useful part in a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn token_error<RE: std::error::Error + 'static>(
-    e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
-) -> ProviderError {
-    match e {
-        RequestTokenError::ServerResponse(r) => ProviderError::Rejected {
-            error: r.error().to_string(),
-            description: r.error_description().cloned(),
-        },
-        RequestTokenError::Request(inner) => {
-            ProviderError::Unreachable(format!("token request failed: {}", error_chain(&inner)))
-        }
-        // The body may hold tokens: never include it.
-        RequestTokenError::Parse(inner, _body) => ProviderError::BadResponse(format!(
-            "the token response does not parse (at {})",
-            inner.path()
-        )),
-        RequestTokenError::Other(msg) => {
-            ProviderError::BadResponse(format!("token endpoint: {msg}"))
-        }
-    }
-}
-
-fn id_token_error(e: openidconnect::ClaimsVerificationError) -> ProviderError {
-    use openidconnect::{ClaimsVerificationError as E, SignatureVerificationError as S};
-    ProviderError::InvalidIdToken(match e {
-        E::Expired(m) => format!("expired or outside the allowed clock skew: {m}"),
-        E::InvalidAudience(m) => format!("wrong audience: {m}"),
-        E::InvalidIssuer(m) => format!("wrong issuer: {m}"),
-        E::InvalidNonce(_) => "nonce does not match the login attempt".into(),
-        E::InvalidSubject(m) => format!("wrong subject: {m}"),
-        E::SignatureVerification(S::NoMatchingKey) => {
-            "signed by a key that is not in the provider's JWKS".into()
-        }
-        E::SignatureVerification(S::DisallowedAlg(m)) => format!("algorithm not allowed: {m}"),
-        E::SignatureVerification(S::NoSignature) => "unsigned (alg none)".into(),
-        E::SignatureVerification(other) => format!("signature check failed: {other}"),
-        other => other.to_string(),
-    })
 }
 
 #[async_trait]
@@ -712,89 +605,8 @@ impl IdentityProvider for OidcProvider {
         Some(url)
     }
 
-    #[tracing::instrument(skip_all)]
     async fn validate_logout_token(&self, token: &str) -> Result<LogoutTarget, ProviderError> {
-        const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-        let invalid = |m: &str| ProviderError::InvalidIdToken(format!("logout token: {m}"));
-        let d = self.discovered()?;
-        if token.len() > 16 * 1024 {
-            return Err(invalid("longer than 16 KiB"));
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
-        if let Some(typ) = &header.typ {
-            if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("JWT") {
-                return Err(invalid("typ must be logout+jwt"));
-            }
-        }
-        let alg_name = serde_json::to_value(header.alg)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        let allowed = d.allowed_algs.iter().any(|a| {
-            serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).as_deref()
-                == Some(alg_name.as_str())
-        });
-        if !allowed {
-            return Err(invalid(&format!("algorithm `{alg_name}` is not allowed")));
-        }
-        let find_key = |set: &jsonwebtoken::jwk::JwkSet| match &header.kid {
-            Some(kid) => set.find(kid).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        let jwk = match find_key(&self.jwk_set()?) {
-            Some(k) => k,
-            None => {
-                self.refetch_jwks(&d).await?;
-                find_key(&self.jwk_set()?)
-                    .ok_or_else(|| invalid("signed by a key that is not in the provider's JWKS"))?
-            }
-        };
-        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|_| invalid("unusable key"))?;
-        let mut validation = jsonwebtoken::Validation::new(header.alg);
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.client_id]);
-        validation.set_required_spec_claims(&["iss", "aud"]);
-        validation.leeway = self.config.clock_skew.as_secs();
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                invalid(match e.kind() {
-                    K::InvalidIssuer => "wrong issuer",
-                    K::InvalidAudience => "wrong audience",
-                    K::ExpiredSignature => "expired",
-                    K::InvalidSignature => "bad signature",
-                    K::MissingRequiredClaim(_) => "missing iss or aud",
-                    _ => "does not verify",
-                })
-            })?
-            .claims;
-        let now = Utc::now().timestamp();
-        let skew = self.config.clock_skew.as_secs() as i64;
-        let iat =
-            claims.get("iat").and_then(|v| v.as_i64()).ok_or_else(|| invalid("missing iat"))?;
-        if iat > now + skew || iat < now - MAX_ID_TOKEN_AGE.as_secs() as i64 - skew {
-            return Err(invalid("iat is outside the accepted window"));
-        }
-        if !claims.get("events").and_then(|e| e.get(EVENT)).is_some_and(|v| v.is_object()) {
-            return Err(invalid("the events claim lacks the back-channel logout event"));
-        }
-        if claims.get("nonce").is_some() {
-            return Err(invalid("a logout token must not contain a nonce"));
-        }
-        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(String::from);
-        let (sid, sub) = (text("sid"), text("sub"));
-        if sid.is_none() && sub.is_none() {
-            return Err(invalid("neither sid nor sub is present"));
-        }
-        let jti = text("jti").ok_or_else(|| invalid("missing jti"))?;
-        let exp = claims.get("exp").and_then(|v| v.as_i64());
-        Ok(LogoutTarget {
-            sid,
-            sub,
-            jti,
-            remember_until: exp.unwrap_or(iat + MAX_ID_TOKEN_AGE.as_secs() as i64) + skew,
-        })
+        self.check_logout_token(token).await
     }
 
     async fn check(&self) -> Result<(), ProviderError> {

@@ -1,0 +1,117 @@
+//! Configuration parsing tests.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+fn minimal() -> BTreeMap<String, String> {
+    env(&[
+        ("AUTHGATE_ISSUER_URL", "https://dev-123.okta.com/oauth2/default"),
+        ("AUTHGATE_CLIENT_ID", "client"),
+        ("AUTHGATE_CLIENT_SECRET", "s3cret-value"),
+        ("AUTHGATE_REDIRECT_URIS", "http://localhost:5173/callback, https://app.example.com/cb"),
+        ("AUTHGATE_ENCRYPTION_KEY", KEY),
+        ("DATABASE_URL", "postgres://u:pw@127.0.0.1/db"),
+    ])
+}
+
+#[test]
+fn env_only_configuration_loads_with_defaults() {
+    let config = Config::from_sources(None, &minimal()).unwrap();
+    assert_eq!(config.redirect_uris.len(), 3, "the two configured plus the HTTP callback");
+    assert_eq!(config.redirect_uris[0].as_str(), "http://localhost:5173/callback");
+    assert_eq!(
+        config.http_callback_url.as_str(),
+        "http://127.0.0.1:8080/authorization-code/callback"
+    );
+    assert_eq!(config.post_login_redirect_urls, vec!["http://127.0.0.1:8080/"]);
+    assert_eq!(config.tokens.ttl, Duration::from_secs(900));
+    assert_eq!(config.attempt_ttl, Duration::from_secs(600));
+    assert_eq!(config.provider.scopes, vec!["openid", "profile", "email"]);
+    assert_eq!(config.tokens.algorithm, SigningAlgorithm::Es256);
+    assert_eq!(config.public_url.as_str(), "http://127.0.0.1:8080/");
+}
+
+#[test]
+fn env_wins_over_the_file() {
+    let file = r#"
+        token_ttl = "5m"
+        client_id = "from-file"
+        scopes = ["openid", "email"]
+    "#;
+    let mut e = minimal();
+    e.insert("AUTHGATE_TOKEN_TTL".into(), "120".into());
+    let config = Config::from_sources(Some(file), &e).unwrap();
+    assert_eq!(config.tokens.ttl, Duration::from_secs(120));
+    assert_eq!(config.provider.client_id, "client");
+    assert_eq!(config.provider.scopes, vec!["openid", "email"]);
+}
+
+#[test]
+fn problems_name_the_setting_and_env_variable() {
+    let mut e = minimal();
+    e.insert("AUTHGATE_ISSUER_URL".into(), "http://okta.example.com/oauth2/default".into());
+    e.insert("AUTHGATE_TOKEN_TTL".into(), "soon".into());
+    e.remove("AUTHGATE_CLIENT_ID");
+    let err = Config::from_sources(None, &e).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("issuer_url (env AUTHGATE_ISSUER_URL): `http://okta.example.com/oauth2/default` must use https"), "{text}");
+    assert!(text.contains("token_ttl"), "{text}");
+    assert!(text.contains("client_id (env AUTHGATE_CLIENT_ID): is required"), "{text}");
+}
+
+#[test]
+fn a_plain_http_public_url_off_localhost_is_refused_with_a_reason() {
+    let mut e = minimal();
+    e.insert("AUTHGATE_PUBLIC_URL".into(), "http://auth.example.com".into());
+    let err = Config::from_sources(None, &e).unwrap_err();
+    assert_eq!(err.problems[0].setting, "public_url", "{err}");
+    assert!(err.to_string().contains("must use https"), "{err}");
+}
+
+#[test]
+fn postgres_requires_an_explicit_encryption_key() {
+    let mut e = minimal();
+    e.remove("AUTHGATE_ENCRYPTION_KEY");
+    let err = Config::from_sources(None, &e).unwrap_err();
+    assert_eq!(err.problems[0].setting, "encryption_key");
+}
+
+#[test]
+fn unknown_file_keys_are_refused() {
+    let err = Config::from_sources(Some("client_secrt = 'x'"), &minimal()).unwrap_err();
+    assert!(err.to_string().contains("unknown setting `client_secrt`"));
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = Config::from_sources(None, &minimal()).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret-value"), "{debug}");
+    assert!(!debug.contains(KEY), "{debug}");
+    assert!(!debug.contains(":pw@"), "{debug}");
+}
+
+#[test]
+fn redirect_uris_and_origins_are_checked() {
+    let mut e = minimal();
+    e.insert("AUTHGATE_REDIRECT_URIS".into(), "not a url,http://x.example.com/cb#frag".into());
+    e.insert("AUTHGATE_CORS_ALLOWED_ORIGINS".into(), "http://localhost:5173/".into());
+    let err = Config::from_sources(None, &e).unwrap_err();
+    let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
+    assert_eq!(settings, vec!["redirect_uris", "redirect_uris", "cors_allowed_origins"]);
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+    assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+    assert_eq!(parse_duration("1w"), None);
+    assert_eq!(parse_duration("-5"), None);
+}
