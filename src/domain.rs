@@ -48,6 +48,14 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (RFC 6750; the scheme is
+/// case-insensitive).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// RFC 6749 §3.3 scope-token, restricted further to a conservative character set.
 pub fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
@@ -135,6 +143,15 @@ mod tests {
         assert!(parse_handle("state", "").is_err());
         assert!(parse_handle("state", "a'; DROP TABLE sessions;--").is_err());
         assert!(parse_handle("state", &"a".repeat(MAX_HANDLE_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]

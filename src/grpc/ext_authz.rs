@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::Authenticator,
     config::SESSION_COOKIE,
+    domain::bearer_token,
     error::ErrorKind,
     ext::{
         envoy::{
@@ -67,17 +68,13 @@ impl Authorization for ExtAuthz {
                 headers.insert(h.key.to_ascii_lowercase(), value);
             }
         }
-        let bearer = headers
-            .get("authorization")
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_string());
+        let bearer = headers.get("authorization").and_then(|v| bearer_token(v));
         let cookie = headers
             .get("cookie")
             .and_then(|c| cookie_in(c, &self.auth.config().cookie_name(SESSION_COOKIE)));
 
         let config = self.auth.config();
-        let answer = match self.auth.check_access(bearer.as_deref(), cookie.as_deref()).await {
+        let answer = match self.auth.check_access(bearer, cookie.as_deref()).await {
             Ok(identity) => {
                 let mut ok = OkHttpResponse::default();
                 for (name, value) in identity_headers(&config.identity_header_prefix, &identity) {

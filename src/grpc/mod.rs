@@ -123,16 +123,9 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
     };
     let value = request.metadata().get("authorization").ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim().to_string())
-        }
-        _ => Err(Status::unauthenticated(
-            "the authorization metadata must be `Bearer <access_token>`",
-        )),
-    }
+    crate::domain::bearer_token(value).map(String::from).ok_or_else(|| {
+        Status::unauthenticated("the authorization metadata must be `Bearer <access_token>`")
+    })
 }
 
 #[tonic::async_trait]

@@ -140,9 +140,8 @@ pub async fn userinfo(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_string());
+        .and_then(crate::domain::bearer_token)
+        .map(String::from);
     let result = match (bearer, cookie(&headers, &browser::session_cookie_name(&s))) {
         (Some(token), _) => s.auth.user_info(&token, refresh).await,
         (None, Some(cookie)) => {

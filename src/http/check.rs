@@ -16,9 +16,8 @@ pub async fn check(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_string());
+        .and_then(crate::domain::bearer_token)
+        .map(String::from);
     let session = cookie(&headers, &browser::session_cookie_name(&s));
     match s.auth.check_access(bearer.as_deref(), session.as_deref()).await {
         Ok(identity) => {
