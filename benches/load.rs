@@ -449,6 +449,7 @@ impl Env {
             state: started.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

@@ -58,6 +58,8 @@ pub struct FinishLogin {
     pub state: String,
     pub binding: Secret<String>,
     pub redirect_uri: Option<String>,
+    /// The `iss` parameter of the redirect (RFC 9207), when the provider sent one.
+    pub issuer: Option<String>,
     /// Server-side flow: also issue a browser session cookie.
     pub browser_session: bool,
 }
@@ -299,6 +301,13 @@ impl Authenticator {
         let binding = parse_handle("binding", request.binding.expose()).map_err(|e| {
             AuthError::InvalidArgument(format!("{e}; pass the binding GetLoginUrl returned"))
         })?;
+        if let Some(iss) = request.issuer.as_deref().filter(|i| !i.is_empty()) {
+            if iss != self.config.provider.issuer {
+                return Err(AuthError::Unauthenticated(
+                    "the `iss` that came back with the code is not the configured provider's issuer: the response may come from another provider (mix-up, RFC 9207); start a new login".into(),
+                ));
+            }
+        }
         let requested_redirect = request.redirect_uri.filter(|r| !r.is_empty());
         if let Some(r) = &requested_redirect {
             // Only allow-listed URIs can match an attempt; say so precisely.

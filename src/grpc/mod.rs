@@ -168,6 +168,7 @@ impl AuthService for AuthGrpc {
                 state: r.state,
                 binding: Secret::new(r.binding),
                 redirect_uri: non_empty(r.redirect_uri),
+                issuer: non_empty(r.iss),
                 browser_session: false,
             })
             .await

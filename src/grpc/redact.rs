@@ -28,6 +28,7 @@ impl fmt::Debug for ExchangeCodeRequest {
             .field("state", &REDACTED)
             .field("binding", &REDACTED)
             .field("redirect_uri", &self.redirect_uri)
+            .field("iss", &self.iss)
             .finish()
     }
 }
@@ -88,6 +89,7 @@ mod tests {
             state: "the-state".into(),
             binding: "the-binding".into(),
             redirect_uri: "http://localhost/cb".into(),
+            iss: String::new(),
         };
         let text = format!("{req:?}");
         assert!(

@@ -87,6 +87,7 @@ pub async fn callback(
                 state: p.get("state").cloned().unwrap_or_default(),
                 binding: Secret::new(binding),
                 redirect_uri: p.get("redirect_uri").cloned(),
+                issuer: p.get("iss").cloned(),
                 browser_session: false,
             })
             .await

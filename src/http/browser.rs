@@ -112,6 +112,7 @@ pub async fn callback(
                 state: p.get("state").cloned().unwrap_or_default(),
                 binding: Secret::new(binding),
                 redirect_uri: Some(s.auth.config().http_callback_url.as_str().to_string()),
+                issuer: p.get("iss").cloned(),
                 browser_session: true,
             })
             .await?;

@@ -331,6 +331,7 @@ async fn offline_login(app: &TestApp, user: (&str, &str)) -> authgate::pb::Excha
             state: cb.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -481,6 +482,7 @@ async fn a_provider_logout_ends_the_session_through_back_channel_logout() {
             state: cb.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -532,6 +534,7 @@ async fn forged_or_replayed_logout_tokens_are_refused() {
             state: started.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -628,6 +631,7 @@ async fn two_replicas_on_one_database_act_as_one() {
             state: cb.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

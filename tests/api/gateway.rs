@@ -325,6 +325,7 @@ async fn metrics_are_exposed_in_the_prometheus_text_format() {
             state: "s".repeat(43),
             binding: "b".repeat(43),
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await;
     validate(&app, &done.access_token).await;

@@ -431,6 +431,8 @@ pub async fn wait_until_serving(app: &TestApp) {
 pub struct Callback {
     pub code: String,
     pub state: String,
+    /// RFC 9207 `iss`, which oidc-provider adds to every redirect.
+    pub iss: Option<String>,
 }
 
 /// Plays the browser at the real provider: follows `login_url`, submits the login form with
@@ -470,7 +472,11 @@ pub async fn sign_in_with(
                 if let Some(error) = q.get("error") {
                     panic!("provider returned error {error}: {:?}", q.get("error_description"));
                 }
-                return Callback { code: q["code"].clone(), state: q["state"].clone() };
+                return Callback {
+                    code: q["code"].clone(),
+                    state: q["state"].clone(),
+                    iss: q.get("iss").cloned(),
+                };
             }
             url = next;
             response = client.get(url.clone()).send().await.unwrap();

@@ -80,6 +80,7 @@ async fn exchange_code_refuses_missing_and_oversized_fields() {
         state: "a".repeat(43),
         binding: "b".repeat(43),
         redirect_uri: String::new(),
+        ..Default::default()
     };
     let cases = [
         (ExchangeCodeRequest { code: String::new(), ..good.clone() }, "`code` is required"),
@@ -207,4 +208,26 @@ async fn get_user_info_needs_a_valid_authgate_token() {
         Code::Unauthenticated,
         "signed by a key authgate does not know",
     );
+}
+
+#[tokio::test]
+async fn a_response_from_another_issuer_is_refused_without_burning_the_attempt() {
+    let app = spawn_app(AppOptions::real()).await;
+    let request = login_until_callback(&app, ALICE).await;
+    let mixed_up =
+        ExchangeCodeRequest { iss: "https://evil.example.com".into(), ..request.clone() };
+    assert_status(
+        app.grpc.clone().exchange_code(mixed_up).await,
+        Code::Unauthenticated,
+        "mix-up, RFC 9207",
+    );
+    assert_eq!(app.count_rows("login_attempts").await, 1, "the attempt survives");
+    let done = app
+        .grpc
+        .clone()
+        .exchange_code(ExchangeCodeRequest { iss: dev_provider().issuer.clone(), ..request })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.user.unwrap().sub, "00u1alice");
 }

@@ -24,6 +24,7 @@ pub async fn login_until_callback(app: &TestApp, user: (&str, &str)) -> Exchange
         state: callback.state,
         binding: started.binding,
         redirect_uri: REDIRECT_URI.into(),
+        iss: callback.iss.unwrap_or_default(),
     }
 }
 
@@ -57,6 +58,9 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
     assert_eq!(app.count_rows("login_attempts").await, 1);
 
     let callback = sign_in_at_provider(url, ALICE, REDIRECT_URI).await;
+    // oidc-provider sends RFC 9207 `iss` on the redirect; passing it on is checked, and accepted.
+    let iss = callback.iss.clone().expect("the provider sends iss");
+    assert_eq!(iss, dev_provider().issuer);
     let done = app
         .grpc
         .clone()
@@ -65,6 +69,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
             state: callback.state.clone(),
             binding: started.binding.clone(),
             redirect_uri: String::new(),
+            iss,
         })
         .await
         .unwrap()
@@ -127,6 +132,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
             state: callback.state,
             binding: started.binding,
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -228,6 +234,7 @@ async fn extra_scopes_prompt_and_login_hint_reach_the_provider() {
             state: callback.state,
             binding: started.binding,
             redirect_uri: OTHER_REDIRECT_URI.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

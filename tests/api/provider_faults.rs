@@ -36,6 +36,7 @@ fn exchange(started: &GetLoginUrlResponse) -> ExchangeCodeRequest {
         state: started.state.clone(),
         binding: started.binding.clone(),
         redirect_uri: String::new(),
+        ..Default::default()
     }
 }
 
@@ -253,6 +254,7 @@ async fn an_unreachable_database_yields_unavailable_and_recovers() {
             state: "s".repeat(43),
             binding: "b".repeat(43),
             redirect_uri: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -69,6 +69,8 @@ export async function finishLogin(callback: URLSearchParams): Promise<UserProfil
     state,
     binding: pending.binding,
     redirectUri: pending.redirectUri,
+    // RFC 9207: authgate checks it names the provider it sent the user to (mix-up defence).
+    iss: callback.get("iss") ?? "",
   });
   accessToken = response.accessToken;
   return getUserInfo();
