@@ -69,9 +69,13 @@ struct Series {
     sum_micros: AtomicU64,
 }
 
+/// Series by metric name; each metric has few label sets, found by comparison without
+/// allocating (recording happens on every request).
+type SeriesList = Vec<(Labels, Arc<Series>)>;
+
 #[derive(Default)]
 struct Registry {
-    series: RwLock<HashMap<(&'static str, Labels), Arc<Series>>>,
+    series: RwLock<HashMap<&'static str, SeriesList>>,
 }
 
 fn registry() -> &'static Registry {
@@ -80,14 +84,24 @@ fn registry() -> &'static Registry {
 }
 
 fn series(name: &'static str, labels: &[(&'static str, &str)]) -> Arc<Series> {
-    let key: (&'static str, Labels) =
-        (name, labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect());
+    let same = |known: &Labels| {
+        known.len() == labels.len()
+            && known.iter().zip(labels).all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
+    };
     let reg = registry();
-    if let Some(s) = reg.series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Arc::clone(s);
+    if let Some(list) = reg.series.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some((_, s)) = list.iter().find(|(l, _)| same(l)) {
+            return Arc::clone(s);
+        }
     }
     let mut all = reg.series.write().unwrap_or_else(|e| e.into_inner());
-    Arc::clone(all.entry(key).or_default())
+    let list = all.entry(name).or_default();
+    if let Some((_, s)) = list.iter().find(|(l, _)| same(l)) {
+        return Arc::clone(s);
+    }
+    let s = Arc::new(Series::default());
+    list.push((labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect(), Arc::clone(&s)));
+    s
 }
 
 /// Adds one to a counter.
@@ -147,9 +161,9 @@ pub fn render(gauges: &[Gauge]) -> String {
     for (name, kind, help) in METRICS {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
-        let mut mine: Vec<_> = all.iter().filter(|((n, _), _)| n == name).collect();
-        mine.sort_by(|a, b| a.0.1.cmp(&b.0.1));
-        for ((_, labels), s) in mine {
+        let mut mine: Vec<_> = all.get(name).map(|l| l.iter().collect()).unwrap_or_default();
+        mine.sort_by(|a, b| a.0.cmp(&b.0));
+        for (labels, s) in mine {
             if *kind == "histogram" {
                 for (i, bound) in BUCKETS.iter().enumerate() {
                     let _ = writeln!(
