@@ -31,7 +31,8 @@ use authgate::pb::{
     ValidateTokenRequest, auth_service_client::AuthServiceClient,
 };
 use axum::{Form, Json, Router, extract::State, routing::get, routing::post};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -82,8 +83,9 @@ fn options() -> Options {
 /// already carries the whole profile (no userinfo round trip).
 struct FakeProvider {
     issuer: String,
-    key: EncodingKey,
-    jwk: Jwk,
+    /// Parsed once; signing is a single Ed25519 signature.
+    key: Ed25519KeyPair,
+    jwk: Value,
     codes: Mutex<HashMap<String, String>>,
 }
 
@@ -99,14 +101,11 @@ impl FakeProvider {
 async fn start_fake() -> Arc<FakeProvider> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let pkcs8_v1_prefix = [
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    let der = [pkcs8_v1_prefix.as_slice(), &rand::random::<[u8; 32]>()].concat();
-    let key = EncodingKey::from_ed_der(&der);
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).unwrap();
-    jwk.common.key_id = Some("bench-key".into());
+    let key = Ed25519KeyPair::from_seed_unchecked(&rand::random::<[u8; 32]>()).unwrap();
+    let jwk = json!({
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "bench-key",
+        "x": B64.encode(key.public_key().as_ref()),
+    });
     let fake = Arc::new(FakeProvider { issuer, key, jwk, codes: Mutex::default() });
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -149,9 +148,13 @@ async fn token(
         "exp": now + 300, "nonce": nonce, "email": format!("user{user}@example.com"),
         "email_verified": true, "name": "Bench User", "groups": ["Everyone", "bench"],
     });
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some("bench-key".into());
-    let id_token = jsonwebtoken::encode(&header, &claims, &f.key).unwrap();
+    let signing_input = format!(
+        "{}.{}",
+        B64.encode(br#"{"alg":"EdDSA","kid":"bench-key","typ":"JWT"}"#),
+        B64.encode(serde_json::to_vec(&claims).unwrap())
+    );
+    let signature = f.key.sign(signing_input.as_bytes());
+    let id_token = format!("{signing_input}.{}", B64.encode(signature.as_ref()));
     Json(json!({
         "access_token": authgate::crypto::random_handle(24),
         "token_type": "Bearer",

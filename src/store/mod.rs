@@ -204,6 +204,9 @@ macro_rules! on_backend {
     };
 }
 
+/// An idle connection older than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens a connection pool. Connections are made lazily, so start-up succeeds while the
     /// database is down; health reports NOT_SERVING until it answers.
@@ -213,9 +216,22 @@ impl Store {
                 let options = PgConnectOptions::from_str(url.expose())
                     .map_err(|e| StoreError::Other(format!("DATABASE_URL is not valid: {e}")))?
                     .application_name("authgate");
+                // sqlx pings every idle connection before handing it out: a round trip per
+                // statement. Ping only connections that sat idle for a while (as HikariCP
+                // does): a busy connection has just proved itself, and sqlx already pings on
+                // release and drops a connection whose ping or query failed.
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(options);
                 Ok(Store::Postgres(PgStore::new(pool)))
             }
