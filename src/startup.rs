@@ -237,15 +237,14 @@ async fn observe(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     let path = req.uri().path();
-    let label =
-        |known: &[&'static str]| known.iter().find(|k| **k == path).copied().unwrap_or("other");
-    let (grpc_method, route) = (label(GRPC_METHODS), label(HTTP_ROUTES));
+    let known = if grpc { GRPC_METHODS } else { HTTP_ROUTES };
+    let label = known.iter().find(|k| **k == path).copied().unwrap_or("other");
     let response = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
     if grpc {
         crate::metrics::observe(
             "authgate_grpc_request_duration_seconds",
-            &[("method", grpc_method)],
+            &[("method", label)],
             elapsed,
         );
     } else {
@@ -258,7 +257,7 @@ async fn observe(
         };
         crate::metrics::observe(
             "authgate_http_request_duration_seconds",
-            &[("route", route), ("status", class)],
+            &[("route", label), ("status", class)],
             elapsed,
         );
     }
