@@ -108,6 +108,7 @@ fn discovered_provider(rt: &tokio::runtime::Runtime) -> Arc<OidcProvider> {
             scopes: vec!["openid".into(), "profile".into(), "email".into()],
             timeout: std::time::Duration::from_secs(5),
             clock_skew: std::time::Duration::from_secs(60),
+            max_response_bytes: 256 * 1024,
         })
         .unwrap();
         provider.discover().await.unwrap();

@@ -19,7 +19,9 @@
 //! - [`grpc`], [`http`]: the transports; convert, call [`auth`], map errors.
 //! - [`health`]: readiness monitor behind gRPC health and `/readyz`.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
-//! - [`startup`]: wiring; `Application::run(listener, shutdown)`.
+//! - [`server`]: the accept loop on hyper-util: connection caps, head and idle timeouts,
+//!   HTTP/1 and HTTP/2 limits, and the request-level limits ([`server::layers`]).
+//! - [`startup`]: wiring; `Application::run(listeners, shutdown)`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod provider;
 pub mod revocation;
 pub mod secret;
+pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

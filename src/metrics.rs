@@ -57,6 +57,21 @@ const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "Failed calls to the identity provider, by endpoint.",
     ),
+    (
+        "authgate_connections_refused_total",
+        "counter",
+        "Connections closed at once because a cap was reached, by listener and cap.",
+    ),
+    (
+        "authgate_connections_closed_total",
+        "counter",
+        "Connections closed by a timeout, by listener and reason (header_read_timeout, idle_timeout).",
+    ),
+    (
+        "authgate_accept_errors_total",
+        "counter",
+        "Failed accepts (e.g. out of file descriptors), by listener; each one backs off.",
+    ),
 ];
 
 type Labels = Vec<(&'static str, String)>;

@@ -1,29 +1,35 @@
 //! Start-up wiring: open the store, run migrations, load keys, start provider discovery, and
-//! serve gRPC, grpc-web, reflection, health and HTTP on one listener until `shutdown` resolves.
-//! Tests call [`Application::build`] and [`Application::run`] with a listener on port 0.
+//! serve gRPC, grpc-web, reflection, health and HTTP on the public listener (and, when
+//! configured, the fleet's checks on the internal one) until `shutdown` resolves. Tests call
+//! [`Application::build`] and [`Application::run`] with listeners on port 0.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::http::{HeaderName, HeaderValue, Method};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
-use tracing::{info, warn};
+use tracing::{Level, info, warn};
 
 use crate::{
     auth::Authenticator,
-    config::Config,
+    config::{Config, TransportConfig},
     crypto::Cipher,
+    ext::envoy::service::auth::v3::authorization_server::AuthorizationServer,
     grpc::AuthGrpc,
     health::{self, Readiness},
     http,
     pb::{self, auth_service_server::AuthServiceServer},
     provider::{IdentityProvider, oidc::OidcProvider},
     revocation::Revocations,
+    server::{
+        self, ListenerStats,
+        layers::{self, Role},
+    },
     store::Store,
     tokens::{TokenIssuer, now},
 };
@@ -77,13 +83,14 @@ impl Application {
         Ok(Self { config, auth, store, provider })
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves, then drains in-flight requests. With an internal
+    /// listener, the fleet's checks, metrics and readiness are served there only.
     pub async fn run(
         self,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let addr = listener.local_addr()?;
+        let listeners = listeners.into();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::not_checked());
         let mut tasks: Vec<JoinHandle<()>> = vec![
@@ -105,61 +112,175 @@ impl Application {
             )),
         ];
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let mut transport = self.config.transport.clone();
+        {
+            let mut caps = vec![&mut transport.public];
+            if listeners.internal.is_some() {
+                caps.push(&mut transport.internal);
+            }
+            let reserve = self.config.database_max_connections as usize;
+            if let Some(warning) = server::raise_fd_limit()
+                .and_then(|limit| server::fit_to_fd_limit(limit, reserve, &mut caps))
+            {
+                warn!("{warning}");
+            }
+        }
+        let public_stats = ListenerStats::new("public", transport.public.clone());
+        let internal_stats = listeners
+            .internal
+            .as_ref()
+            .map(|_| ListenerStats::new("internal", transport.internal.clone()));
+        let all_stats: Vec<Arc<ListenerStats>> =
+            std::iter::once(Arc::clone(&public_stats)).chain(internal_stats.clone()).collect();
+        let parts = RouterParts {
+            auth: Arc::clone(&self.auth),
+            health: health_service,
+            http: http::HttpState {
+                auth: Arc::clone(&self.auth),
+                readiness: readiness_rx,
+                listeners: Arc::new(all_stats),
+            },
+            transport: transport.clone(),
+        };
 
-        // gRPC services → one axum router; grpc-web translation on that router only, so plain
-        // HTTP/1.1 JSON routes are not mistaken for grpc-web.
-        let grpc = tonic::service::Routes::new(AuthServiceServer::new(AuthGrpc::new(Arc::clone(
-            &self.auth,
-        ))))
-        .add_service(
-            crate::ext::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(
-                crate::grpc::ExtAuthz::new(Arc::clone(&self.auth)),
-            ),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .layer(tonic_web::GrpcWebLayer::new());
-        let router = grpc
-            .merge(http::router(http::HttpState { auth: Arc::clone(&self.auth), readiness: readiness_rx }))
-            .fallback(http::not_found)
-            .layer(cors_layer(&self.config.cors_allowed_origins)?)
-            .layer(axum::middleware::from_fn(observe))
-            .layer(
-                // Log method and path only: query strings carry codes and state. The request id
-                // is on the span, so every log line of the request carries it.
-                TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                    let id = req
-                        .headers()
-                        .get(REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-                }),
-            )
-            .layer(axum::middleware::from_fn(request_id));
-
-        info!(%addr, store = self.store.backend(), issuer = self.provider.issuer(), "authgate listening");
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut servers = Vec::new();
+        let public_role = if listeners.internal.is_some() { Role::Public } else { Role::All };
+        let public_addr = listeners.public.local_addr().ok();
+        info!(
+            listener = "public",
+            addr = %display_addr(public_addr),
+            max_connections = public_stats.limits.max_connections,
+            max_connections_per_ip = public_stats.limits.max_connections_per_ip,
+            store = self.store.backend(),
+            issuer = self.provider.issuer(),
+            "authgate listening"
+        );
+        servers.push(tokio::spawn({
+            let (router, transport, stop) = (parts.router(public_role)?, transport.clone(), stop_rx.clone());
+            async move { server::serve(listeners.public, router, public_stats, &transport, stop).await }
+        }));
+        if let (Some(listener), Some(stats)) = (listeners.internal, internal_stats) {
+            info!(
+                listener = "internal",
+                addr = %display_addr(listener.local_addr().ok()),
+                max_connections = stats.limits.max_connections,
+                max_connections_per_ip = stats.limits.max_connections_per_ip,
+                "authgate listening"
+            );
+            servers.push(tokio::spawn({
+                let (router, transport, stop) =
+                    (parts.router(Role::Internal)?, transport.clone(), stop_rx.clone());
+                async move { server::serve(listener, router, stats, &transport, stop).await }
+            }));
+        }
+        let mut failed = None;
+        for served in servers {
+            if let Err(e) = served.await {
+                failed = Some(e);
+            }
+        }
         for task in tasks.drain(..) {
             task.abort();
         }
         info!("authgate stopped");
-        served.context("server failed")
+        match failed {
+            Some(e) => Err(anyhow::anyhow!("a listener failed: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn display_addr(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "?".into(), |a| a.to_string())
+}
+
+/// The sockets authgate serves on: the public listener, and the optional internal one.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Self {
+        Self { public, internal: None }
+    }
+}
+
+/// What every listener's router is built from.
+struct RouterParts<H: Health> {
+    auth: Arc<Authenticator>,
+    health: HealthServer<H>,
+    http: http::HttpState,
+    transport: TransportConfig,
+}
+
+impl<H: Health> RouterParts<H> {
+    /// gRPC (native and grpc-web), reflection, health and the HTTP routes for one listener,
+    /// with the request limits and the listener gate.
+    fn router(&self, role: Role) -> anyhow::Result<axum::Router> {
+        let t = &self.transport;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?
+            .max_decoding_message_size(t.max_message_bytes);
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?
+            .max_decoding_message_size(t.max_message_bytes);
+        let auth_service = AuthServiceServer::new(AuthGrpc::new(Arc::clone(&self.auth)))
+            .max_decoding_message_size(t.max_message_bytes);
+        let ext_authz =
+            AuthorizationServer::new(crate::grpc::ExtAuthz::new(Arc::clone(&self.auth)))
+                .max_decoding_message_size(t.ext_authz_max_message_bytes);
+        let health = self.health.clone().max_decoding_message_size(t.max_message_bytes);
+
+        // gRPC services → one axum router; grpc-web translation on that router only, so plain
+        // HTTP/1.1 JSON routes are not mistaken for grpc-web.
+        let grpc = tonic::service::Routes::new(auth_service)
+            .add_service(ext_authz)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(t.request_timeout, layers::grpc_limits))
+            .layer(tonic_web::GrpcWebLayer::new());
+        let limits = layers::HttpLimits {
+            max_body_bytes: t.max_body_bytes,
+            request_timeout: t.request_timeout,
+        };
+        let routes = http::router(self.http.clone())
+            .layer(axum::extract::DefaultBodyLimit::max(t.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(limits, layers::http_limits));
+        Ok(grpc
+            .merge(routes)
+            .fallback(http::not_found)
+            .layer(axum::middleware::from_fn_with_state(role, layers::gate))
+            .layer(cors_layer(&self.auth.config().cors_allowed_origins)?)
+            .layer(axum::middleware::from_fn(observe))
+            .layer(
+                // Log method and path only: query strings carry codes and state. The request id
+                // is on the span, so every log line of the request carries it. A 5xx is not
+                // logged here: the handler that produced it logged why, at the level it
+                // deserves (an expected 503 is no ERROR).
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &axum::http::Request<_>| {
+                        let id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                    })
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+            .layer(axum::middleware::from_fn(request_id)))
     }
 }
 
@@ -192,38 +313,20 @@ async fn request_id(
     response
 }
 
-/// The gRPC methods and HTTP routes that get a label of their own; anything else is `other`, so
-/// a client cannot grow the metrics without bound.
-const GRPC_METHODS: &[&str] = &[
-    "/authgate.v1.AuthService/GetLoginUrl",
-    "/authgate.v1.AuthService/ExchangeCode",
-    "/authgate.v1.AuthService/GetUserInfo",
-    "/authgate.v1.AuthService/ValidateToken",
-    "/authgate.v1.AuthService/GetJwks",
-    "/authgate.v1.AuthService/RefreshSession",
-    "/authgate.v1.AuthService/Logout",
-    "/envoy.service.auth.v3.Authorization/Check",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-const HTTP_ROUTES: &[&str] = &[
-    "/",
-    "/authorization-code/login",
-    "/authorization-code/callback",
-    "/authorization-code/logout",
-    "/api/login",
-    "/api/callback",
-    "/api/userinfo",
-    "/auth/check",
-    "/.well-known/jwks.json",
-    "/.well-known/openid-configuration",
-    "/backchannel-logout",
-    "/metrics",
-    "/healthz",
-    "/readyz",
-];
+/// The label of a request in the latency metrics: the known gRPC method or HTTP route
+/// ([`layers::PLACEMENT`]), else `other`, so a client cannot grow the metrics without bound.
+fn known_label(path: &str, grpc: bool) -> &'static str {
+    layers::PLACEMENT
+        .iter()
+        .find(|(known, _)| {
+            *known == path
+                && (path.starts_with("/grpc.")
+                    || path.starts_with("/authgate.")
+                    || path.starts_with("/envoy."))
+                    == grpc
+        })
+        .map_or("other", |(known, _)| known)
+}
 
 /// Records the latency of every request: gRPC by method, HTTP by route and status class.
 async fn observe(
@@ -236,9 +339,7 @@ async fn observe(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    let path = req.uri().path();
-    let known = if grpc { GRPC_METHODS } else { HTTP_ROUTES };
-    let label = known.iter().find(|k| **k == path).copied().unwrap_or("other");
+    let label = known_label(req.uri().path(), grpc);
     let response = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
     if grpc {

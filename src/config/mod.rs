@@ -59,6 +59,8 @@ pub struct Config {
     /// How often every replica re-reads recent revocations (the bound on how stale
     /// ValidateToken can be after a logout on another replica).
     pub revocation_sync_interval: Duration,
+    /// Listeners, connection and request limits.
+    pub transport: TransportConfig,
 }
 
 /// Allow-lists applied at login (ExchangeCode, the HTTP callbacks) and at check time (Envoy
@@ -123,6 +125,8 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     /// Clock skew tolerated when checking `exp`/`iat` of provider tokens.
     pub clock_skew: Duration,
+    /// Largest response body read from the provider (discovery, JWKS, token, userinfo).
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,9 @@ pub struct TokenConfig {
     pub key_publish_ahead: Duration,
     /// How often each replica re-reads the key set.
     pub key_reload_interval: Duration,
+    /// Most groups carried into a token (and kept in a session's profile); a user with more is
+    /// refused at sign-in with a message saying so.
+    pub max_groups: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +273,26 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("key_rotation_interval", Kind::Scalar),
     ("key_publish_ahead", Kind::Scalar),
     ("key_reload_interval", Kind::Scalar),
+    ("max_token_groups", Kind::Scalar),
+    ("provider_max_response_bytes", Kind::Scalar),
+    ("internal_listen_addr", Kind::Scalar),
+    ("max_connections", Kind::Scalar),
+    ("internal_max_connections", Kind::Scalar),
+    ("max_connections_per_ip", Kind::Scalar),
+    ("internal_max_connections_per_ip", Kind::Scalar),
+    ("max_header_bytes", Kind::Scalar),
+    ("internal_max_header_bytes", Kind::Scalar),
+    ("http2_max_concurrent_streams", Kind::Scalar),
+    ("internal_http2_max_concurrent_streams", Kind::Scalar),
+    ("header_read_timeout", Kind::Scalar),
+    ("idle_timeout", Kind::Scalar),
+    ("request_timeout", Kind::Scalar),
+    ("http2_keepalive_interval", Kind::Scalar),
+    ("http2_keepalive_timeout", Kind::Scalar),
+    ("shutdown_timeout", Kind::Scalar),
+    ("max_message_bytes", Kind::Scalar),
+    ("ext_authz_max_message_bytes", Kind::Scalar),
+    ("max_body_bytes", Kind::Scalar),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +372,8 @@ impl Config {
 mod parse;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 pub use parse::parse_duration;
 use parse::{Parser, Raw, read_file};
+pub use transport::{ListenerLimits, TransportConfig, parse_size};

@@ -34,7 +34,7 @@ pub(super) struct Raw {
 }
 
 impl Raw {
-    fn scalar(&self, key: &str) -> Option<&str> {
+    pub(super) fn scalar(&self, key: &str) -> Option<&str> {
         self.scalars.get(key).map(String::as_str).filter(|s| !s.trim().is_empty())
     }
 }
@@ -83,11 +83,11 @@ pub(super) struct Parser {
 }
 
 impl Parser {
-    fn problem(&mut self, setting: &'static str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, setting: &'static str, message: impl Into<String>) {
         self.problems.push(ConfigProblem { setting, message: message.into() });
     }
 
-    fn duration(&mut self, raw: &Raw, key: &'static str, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, raw: &Raw, key: &'static str, default: Duration) -> Duration {
         match raw.scalar(key) {
             None => default,
             Some(text) => match parse_duration(text) {
@@ -376,6 +376,7 @@ impl Parser {
             ),
             key_publish_ahead: self.duration(raw, "key_publish_ahead", Duration::from_secs(600)),
             key_reload_interval: self.duration(raw, "key_reload_interval", Duration::from_secs(30)),
+            max_groups: self.count(raw, "max_token_groups", 100, 0, 1_000),
         };
         if tokens.key_rotation_interval <= tokens.key_publish_ahead {
             self.problem("key_rotation_interval", "must be longer than key_publish_ahead");
@@ -399,6 +400,15 @@ impl Parser {
         };
 
         let provider_timeout = self.duration(raw, "provider_timeout", Duration::from_secs(10));
+        let provider_max_response_bytes =
+            self.size(raw, "provider_max_response_bytes", 256 * 1024, 16 * 1024, 16 * 1024 * 1024);
+        let transport = self.transport(raw);
+        if transport.internal_listen_addr == Some(listen_addr) {
+            self.problem(
+                "internal_listen_addr",
+                "must differ from listen_addr: the internal listener is a second port",
+            );
+        }
         let clock_skew = self.duration(raw, "clock_skew", Duration::from_secs(60));
         let attempt_ttl = self.duration(raw, "attempt_ttl", Duration::from_secs(600));
         let session_ttl = self.duration(raw, "session_ttl", Duration::from_secs(24 * 3600));
@@ -449,6 +459,7 @@ impl Parser {
                     scopes,
                     timeout: provider_timeout,
                     clock_skew,
+                    max_response_bytes: provider_max_response_bytes,
                 },
                 redirect_uris,
                 http_callback_url,
@@ -467,6 +478,7 @@ impl Parser {
                 refresh_at_provider,
                 revocation_sync_interval,
                 otlp_endpoint,
+                transport,
             }),
             _ => Err(ConfigError { problems: self.problems }),
         }

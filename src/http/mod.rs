@@ -43,6 +43,8 @@ use crate::{
 pub struct HttpState {
     pub auth: Arc<Authenticator>,
     pub readiness: watch::Receiver<Readiness>,
+    /// Every listener's live counters, for the connection gauges.
+    pub listeners: Arc<Vec<Arc<crate::server::ListenerStats>>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -279,6 +281,20 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         vec![],
         f64::from(max),
     ));
+    for listener in state.listeners.iter() {
+        gauges.push(gauge(
+            "authgate_open_connections",
+            "Open client connections, by listener.",
+            vec![("listener", listener.name.into())],
+            listener.open() as f64,
+        ));
+        gauges.push(gauge(
+            "authgate_max_connections",
+            "The connection cap, by listener.",
+            vec![("listener", listener.name.into())],
+            listener.limits.max_connections as f64,
+        ));
+    }
     let ready = state.readiness.borrow().is_ready();
     gauges.push(gauge(
         "authgate_ready",

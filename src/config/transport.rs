@@ -1,0 +1,216 @@
+//! The transport's limits: what each listener accepts before it refuses, and how long it waits.
+//! Every default is one an operator running authgate in front of the internet can keep; the
+//! README's "Limits" table documents each setting and what it protects.
+
+use std::{net::SocketAddr, time::Duration};
+
+use super::parse::{Parser, Raw};
+
+/// The limits of one listener (public or internal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Open connections; a new connection beyond this is closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6 counted by /64); 0 means no such limit.
+    pub max_connections_per_ip: usize,
+    /// Largest request head: HTTP/1 start line and headers, HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub http2_max_concurrent_streams: u32,
+}
+
+/// Listener, connection and request limits (see the `server` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// When set, the fleet's checks (Envoy ext_authz, ValidateToken, GetJwks, `/auth/check`),
+    /// `/metrics` and readiness are served only on this second listener.
+    pub internal_listen_addr: Option<SocketAddr>,
+    pub public: ListenerLimits,
+    pub internal: ListenerLimits,
+    /// A request head (or, on a new connection, its first bytes) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// A unary request must complete within this; streaming RPCs are exempt.
+    pub request_timeout: Duration,
+    /// HTTP/2 PING interval, to find dead peers, and how long to wait for the answer.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// How long a graceful stop waits for in-flight requests before closing connections.
+    pub shutdown_timeout: Duration,
+    /// Largest decoded gRPC message for AuthService, health and reflection.
+    pub max_message_bytes: usize,
+    /// Largest decoded Envoy CheckRequest (it carries the client's request headers).
+    pub ext_authz_max_message_bytes: usize,
+    /// Largest request body on the plain HTTP routes.
+    pub max_body_bytes: usize,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+impl Parser {
+    pub(super) fn transport(&mut self, raw: &Raw) -> TransportConfig {
+        let internal_listen_addr = raw.scalar("internal_listen_addr").and_then(|text| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| {
+                    self.problem(
+                        "internal_listen_addr",
+                        "must be an IP address and port, e.g. `0.0.0.0:8081`",
+                    )
+                })
+                .ok()
+        });
+        let public = ListenerLimits {
+            max_connections: self.count(raw, "max_connections", 10_000, 1, 1_000_000),
+            max_connections_per_ip: self.count(raw, "max_connections_per_ip", 1_000, 0, 1_000_000),
+            max_header_bytes: self.size(raw, "max_header_bytes", 16 * KIB, 4 * KIB, MIB),
+            http2_max_concurrent_streams: self.count(
+                raw,
+                "http2_max_concurrent_streams",
+                100,
+                1,
+                10_000,
+            ) as u32,
+        };
+        let internal = ListenerLimits {
+            max_connections: self.count(raw, "internal_max_connections", 10_000, 1, 1_000_000),
+            max_connections_per_ip: self.count(
+                raw,
+                "internal_max_connections_per_ip",
+                0,
+                0,
+                1_000_000,
+            ),
+            // nginx's auth_request forwards the client's whole request head (up to 4 × 8 KiB).
+            max_header_bytes: self.size(raw, "internal_max_header_bytes", 64 * KIB, 4 * KIB, MIB),
+            http2_max_concurrent_streams: self.count(
+                raw,
+                "internal_http2_max_concurrent_streams",
+                1_000,
+                1,
+                10_000,
+            ) as u32,
+        };
+        TransportConfig {
+            internal_listen_addr,
+            public,
+            internal,
+            header_read_timeout: self.duration(raw, "header_read_timeout", Duration::from_secs(10)),
+            idle_timeout: self.duration(raw, "idle_timeout", Duration::from_secs(90)),
+            request_timeout: self.duration(raw, "request_timeout", Duration::from_secs(30)),
+            http2_keepalive_interval: self.duration(
+                raw,
+                "http2_keepalive_interval",
+                Duration::from_secs(30),
+            ),
+            http2_keepalive_timeout: self.duration(
+                raw,
+                "http2_keepalive_timeout",
+                Duration::from_secs(20),
+            ),
+            shutdown_timeout: self.duration(raw, "shutdown_timeout", Duration::from_secs(20)),
+            max_message_bytes: self.size(raw, "max_message_bytes", 16 * KIB, 4 * KIB, 64 * MIB),
+            ext_authz_max_message_bytes: self.size(
+                raw,
+                "ext_authz_max_message_bytes",
+                128 * KIB,
+                4 * KIB,
+                64 * MIB,
+            ),
+            max_body_bytes: self.size(raw, "max_body_bytes", 16 * KIB, KIB, 64 * MIB),
+        }
+    }
+
+    /// A whole number in `min..=max`.
+    pub(super) fn count(
+        &mut self,
+        raw: &Raw,
+        key: &'static str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        match raw.scalar(key) {
+            None => default,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    self.problem(key, format!("must be a whole number from {min} to {max}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A size in bytes (`16384`, `16KiB`, `4MiB`) in `min..=max`.
+    pub(super) fn size(
+        &mut self,
+        raw: &Raw,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> usize {
+        let value = match raw.scalar(key) {
+            None => default,
+            Some(text) => match parse_size(text) {
+                Some(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    self.problem(
+                        key,
+                        format!(
+                            "`{text}` is not a size from {} to {}; write bytes, or e.g. `16KiB`, `4MiB`",
+                            show_size(min),
+                            show_size(max)
+                        ),
+                    );
+                    default
+                }
+            },
+        };
+        usize::try_from(value).unwrap_or(usize::MAX)
+    }
+}
+
+/// Parses `16384`, `16384B`, `16KiB`, `4MiB` (the unit is case-insensitive).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => KIB,
+        "mib" => MIB,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn show_size(n: u64) -> String {
+    if n % MIB == 0 {
+        format!("{}MiB", n / MIB)
+    } else if n % KIB == 0 {
+        format!("{}KiB", n / KIB)
+    } else {
+        n.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units_only() {
+        assert_eq!(parse_size("16384"), Some(16384));
+        assert_eq!(parse_size("16KiB"), Some(16384));
+        assert_eq!(parse_size(" 4 mib "), Some(4 * MIB));
+        assert_eq!(parse_size("10B"), Some(10));
+        assert_eq!(parse_size("16KB"), None, "KB is ambiguous (1000 or 1024)");
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999999999999KiB"), None);
+        assert_eq!(show_size(16 * KIB), "16KiB");
+    }
+}
