@@ -32,6 +32,9 @@ pub enum AuthError {
     /// refuses them.
     #[error("access denied by the {rule} rule: {reason}")]
     AccessDenied { rule: &'static str, reason: String },
+    /// The user's claims are more than authgate can carry in a token or keep per session.
+    #[error("{0}")]
+    ProfileTooLarge(String),
     /// The caller's authgate token is missing or invalid.
     #[error("{0}")]
     Unauthenticated(String),
@@ -91,6 +94,7 @@ impl AuthError {
             Self::AttemptExpired => "expired_state",
             Self::BindingMismatch => "binding_mismatch",
             Self::AccessDenied { .. } => "access_denied",
+            Self::ProfileTooLarge(_) => "profile_too_large",
             Self::Unauthenticated(_) | Self::SessionEnded => "unauthenticated",
             Self::Provider(ProviderError::Rejected { error, .. }) => match error.as_str() {
                 "invalid_grant" => "invalid_grant",
@@ -113,7 +117,7 @@ impl AuthError {
             Self::InvalidArgument(_)
             | Self::RedirectUriNotAllowed(_)
             | Self::RedirectUriMismatch => (K::InvalidArgument, self.to_string()),
-            Self::AttemptNotFound | Self::AttemptExpired => {
+            Self::AttemptNotFound | Self::AttemptExpired | Self::ProfileTooLarge(_) => {
                 (K::FailedPrecondition, self.to_string())
             }
             Self::BindingMismatch | Self::AccessDenied { .. } => {

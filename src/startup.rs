@@ -437,13 +437,15 @@ async fn sweep(store: Store) {
     }
 }
 
-/// Re-reads the key set, schedules rotations and retires old keys, on every replica.
+/// Re-reads the key set, schedules rotations and retires old keys, on every replica; drops
+/// cached verifications of expired tokens.
 async fn maintain_keys(auth: Arc<Authenticator>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         if let Err(e) = auth.tokens().maintain().await {
             warn!(error = %e, "signing key maintenance failed");
         }
+        auth.tokens().purge_cache();
     }
 }
 

@@ -3,6 +3,7 @@
 //! `http` convert their requests into these calls and map [`AuthError`] to their own statuses.
 
 mod access;
+mod pending;
 mod session;
 
 use std::sync::Arc;
@@ -16,13 +17,14 @@ use crate::{
     error::AuthError,
     metrics,
     provider::{AuthorizationRequest, IdentityProvider},
-    revocation::Revocations,
+    revocation::{Revocation, Revocations},
     secret::Secret,
     store::{Batcher, Consumed, LoginAttempt, SessionRecord, Store},
     tokens::{Claims, TokenIssuer, now},
 };
 
 pub use access::Identity;
+pub use pending::PendingAttempts;
 pub use session::Refreshed;
 
 /// Bytes of entropy in state, nonce, PKCE verifier, binding and refresh handles (256 bits; 43
@@ -91,6 +93,8 @@ pub struct Authenticator {
     revocations: Arc<Revocations>,
     /// Group commit for the three writes of every login (see [`Batcher`]).
     writes: Writes,
+    /// Login attempts pending on this replica (for `/metrics`: no table scan).
+    pending: PendingAttempts,
 }
 
 /// The batched writes of the login path.
@@ -138,7 +142,16 @@ impl Authenticator {
         revocations: Arc<Revocations>,
     ) -> Self {
         let writes = Writes::start(&store, config.database_max_connections);
-        Self { config, store, provider, tokens, cipher, revocations, writes }
+        Self {
+            config,
+            store,
+            provider,
+            tokens,
+            cipher,
+            revocations,
+            writes,
+            pending: PendingAttempts::default(),
+        }
     }
 
     pub fn revocations(&self) -> &Arc<Revocations> {
@@ -159,6 +172,11 @@ impl Authenticator {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Login attempts started on this replica and neither exchanged here nor expired.
+    pub fn pending_attempts(&self) -> u64 {
+        self.pending.count(now())
     }
 
     /// Resolves a requested redirect URI against the allow-list (exact match); empty means the
@@ -265,6 +283,7 @@ impl Authenticator {
                 expires_at,
             })
             .await?;
+        self.pending.started(expires_at, created_at);
         Ok(LoginStarted {
             login_url: login_url.into(),
             state,
@@ -320,7 +339,10 @@ impl Authenticator {
             .call((sha256(state.as_bytes()).to_vec(), sha256(binding.as_bytes()).to_vec()))
             .await?
         {
-            Consumed::Attempt(a) => a,
+            Consumed::Attempt(a) => {
+                self.pending.finished(a.expires_at);
+                a
+            }
             Consumed::WrongBinding => return Err(AuthError::BindingMismatch),
             Consumed::NotFound => return Err(AuthError::AttemptNotFound),
         };
@@ -364,7 +386,7 @@ impl Authenticator {
         let record = SessionRecord {
             id: session_id.clone(),
             subject: login.profile.sub.clone(),
-            profile: profile_json(&login.profile)?,
+            profile: self.profile_json(&login.profile)?,
             provider_access_token: Some(seal("access", &login.tokens.access_token)),
             provider_refresh_token: login.tokens.refresh_token.as_ref().map(|t| seal("refresh", t)),
             provider_id_token: login.tokens.id_token.as_ref().map(|t| seal("id", t)),
@@ -375,14 +397,13 @@ impl Authenticator {
             revoked_at: None,
             cookie_hash: cookie.as_ref().map(|c| sha256(c.expose().as_bytes()).to_vec()),
         };
+        // Minted before the session is stored: a profile too large for a token writes nothing.
+        let (token, claims) =
+            self.tokens.mint(&session_id, &login.profile, record.expires_at).map_err(mint_error)?;
         self.writes
             .sessions
             .call((record.clone(), sha256(refresh_token.expose().as_bytes()).to_vec()))
             .await?;
-        let (token, claims) = self
-            .tokens
-            .mint(&session_id, &login.profile, record.expires_at)
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
         info!(sub = %login.profile.sub, sid = %session_id, "login completed");
         Ok(LoginFinished {
             access_token: Secret::new(token),
@@ -403,7 +424,7 @@ impl Authenticator {
             .tokens
             .verify_cached(bearer)
             .map_err(|r| AuthError::Unauthenticated(format!("{r}; sign in again")))?;
-        if self.revocations.is_revoked(&claims.sid) {
+        if self.revocations.check(&claims.sid) == Revocation::Revoked {
             return Err(AuthError::SessionEnded);
         }
         let session = self.store.get_session(&claims.sid).await?.ok_or(AuthError::SessionEnded)?;
@@ -453,7 +474,7 @@ impl Authenticator {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mut fresh = self.provider.user_info(&access_token, &claims.sub).await?;
         fresh.sub = stored.sub.clone();
-        self.store.update_session_profile(&session.id, &profile_json(&fresh)?, None).await?;
+        self.store.update_session_profile(&session.id, &self.profile_json(&fresh)?, None).await?;
         Ok(fresh)
     }
 }
@@ -463,6 +484,40 @@ pub(crate) fn session_context(session_id: &str, field: &str) -> String {
     format!("session:{session_id}:{field}")
 }
 
-pub(crate) fn profile_json(profile: &Profile) -> Result<String, AuthError> {
-    serde_json::to_string(profile).map_err(|e| AuthError::Internal(e.to_string()))
+/// The largest profile a session stores (JSON).
+pub const MAX_PROFILE_BYTES: usize = 16 * 1024;
+
+impl Authenticator {
+    /// The profile as stored with a session, refused (with what to change) when authgate could
+    /// not carry it: more groups than `max_token_groups`, or larger than [`MAX_PROFILE_BYTES`].
+    pub(crate) fn profile_json(&self, profile: &Profile) -> Result<String, AuthError> {
+        let groups = profile.groups.as_ref().map_or(0, Vec::len);
+        let max_groups = self.config.tokens.max_groups;
+        if groups > max_groups {
+            return Err(AuthError::ProfileTooLarge(format!(
+                "the user belongs to {groups} groups, more than max_token_groups ({max_groups}) lets authgate carry in a token; narrow the groups claim at the provider (an Okta groups claim filter, say) or raise max_token_groups"
+            )));
+        }
+        let json =
+            serde_json::to_string(profile).map_err(|e| AuthError::Internal(e.to_string()))?;
+        if json.len() > MAX_PROFILE_BYTES {
+            return Err(AuthError::ProfileTooLarge(format!(
+                "the user's profile is {} bytes, more than the {MAX_PROFILE_BYTES} authgate keeps per session; ask the provider's administrator to release fewer or shorter claims",
+                json.len()
+            )));
+        }
+        Ok(json)
+    }
+}
+
+/// A token that could not be minted: a profile too large for a token is the user's (their
+/// administrator's) to fix; anything else is internal.
+pub(crate) fn mint_error(e: crate::tokens::KeyError) -> AuthError {
+    match e {
+        crate::tokens::KeyError::TooLarge(bytes) => AuthError::ProfileTooLarge(format!(
+            "the user's claims make a {bytes}-byte token, more than the {} an authgate token may have (proxies such as nginx refuse longer Authorization headers); narrow the groups claim at the provider",
+            crate::tokens::MAX_TOKEN_BYTES
+        )),
+        other => AuthError::Internal(other.to_string()),
+    }
 }

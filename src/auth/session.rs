@@ -7,12 +7,13 @@ use std::sync::Arc;
 use tracing::{info, warn};
 use url::Url;
 
-use super::{Authenticator, HANDLE_BYTES, profile_json, session_context};
+use super::{Authenticator, HANDLE_BYTES, mint_error, session_context};
 use crate::{
     crypto::{random_handle, sha256},
     domain::{Profile, parse_handle},
     error::AuthError,
     provider::ProviderError,
+    revocation::Revocation,
     secret::Secret,
     store::{RefreshUse, SessionRecord},
     tokens::{Claims, TokenRejection, now},
@@ -53,7 +54,15 @@ impl Authenticator {
             verdict = self.tokens.verify_cached(token);
         }
         let verdict = match verdict {
-            Ok(claims) if self.revocations.is_revoked(&claims.sid) => Err(TokenRejection::Revoked),
+            Ok(claims) => match self.revocations.check(&claims.sid) {
+                Revocation::NotRevoked => Ok(claims),
+                Revocation::Revoked => Err(TokenRejection::Revoked),
+                // The set overflowed and does not hold this session: the database knows.
+                Revocation::Unknown => match self.store.get_session(&claims.sid).await? {
+                    Some(s) if s.revoked_at.is_none() && s.expires_at > now() => Ok(claims),
+                    _ => Err(TokenRejection::Revoked),
+                },
+            },
             other => other,
         };
         let result = verdict.as_ref().map_or_else(|r| r.code(), |_| "valid");
@@ -138,9 +147,20 @@ impl Authenticator {
                         session.provider_id_token = Some(seal("id", id));
                     }
                     session.provider_token_expires_at = tokens.expires_at;
-                    session.profile = profile_json(&profile)?;
+                    // A profile too large to carry keeps the stored one; the provider's
+                    // (possibly rotated) tokens are stored all the same.
+                    let fitted = self.profile_json(&profile);
+                    if let Ok(json) = &fitted {
+                        session.profile = json.clone();
+                    }
                     if !self.store.update_session_tokens(&session).await? {
                         return Err(AuthError::SessionEnded);
+                    }
+                    if let Err(e) = fitted {
+                        // Not a reason to end the session: once the administrator narrows the
+                        // claims, the same handle works again.
+                        self.store.release_refresh_handle(&hash).await?;
+                        return Err(e);
                     }
                 }
                 Err(ProviderError::Rejected { error, description }) => {
@@ -159,14 +179,17 @@ impl Authenticator {
             }
         }
 
+        let (token, claims) = match self.tokens.mint(&session.id, &profile, session.expires_at) {
+            Ok(minted) => minted,
+            Err(e) => {
+                self.store.release_refresh_handle(&hash).await?;
+                return Err(mint_error(e));
+            }
+        };
         let next = Secret::new(random_handle(HANDLE_BYTES));
         self.store
             .insert_refresh_handle(&sha256(next.expose().as_bytes()), &session.id, now())
             .await?;
-        let (token, claims) = self
-            .tokens
-            .mint(&session.id, &profile, session.expires_at)
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
         Ok(Refreshed { access_token: Secret::new(token), claims, refresh_token: next, profile })
     }
 

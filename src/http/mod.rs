@@ -253,14 +253,13 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         labels,
         value,
     };
-    if let Ok(n) = store.count_pending_attempts(crate::tokens::now()).await {
-        gauges.push(gauge(
-            "authgate_pending_login_attempts",
-            "Login attempts started and not yet exchanged or expired.",
-            vec![],
-            n as f64,
-        ));
-    }
+    // Kept in memory: a scrape costs no table scan.
+    gauges.push(gauge(
+        "authgate_pending_login_attempts",
+        "Login attempts started on this replica and neither exchanged here nor expired (an upper bound).",
+        vec![],
+        state.auth.pending_attempts() as f64,
+    ));
     let (open, idle, max) = store.pool_stats();
     let pool = "Database pool connections, by state.";
     gauges.push(gauge(
@@ -307,6 +306,25 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         "Recently revoked sessions this replica knows of.",
         vec![],
         state.auth.revocations().len() as f64,
+    ));
+    gauges.push(gauge(
+        "authgate_revocation_set_overflowed",
+        "1 when more sessions were revoked within the token lifetime than the set holds (validations then ask the database).",
+        vec![],
+        if state.auth.revocations().is_overflowed() { 1.0 } else { 0.0 },
+    ));
+    let (entries, bytes) = state.auth.tokens().cache_usage();
+    gauges.push(gauge(
+        "authgate_token_cache_entries",
+        "Verified tokens cached.",
+        vec![],
+        entries as f64,
+    ));
+    gauges.push(gauge(
+        "authgate_token_cache_bytes",
+        "Bytes charged to the verified-token cache (bounded at 32 MiB).",
+        vec![],
+        bytes as f64,
     ));
     gauges.push(gauge(
         "authgate_signing_keys_published",

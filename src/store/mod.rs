@@ -408,8 +408,14 @@ impl Store {
 
     /// Sessions revoked at or after `since`: `(id, revoked_at)`.
     #[tracing::instrument(name = "db", skip_all, fields(op = "revoked_since"))]
-    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        on_backend!(self, s => s.revoked_since(since).await)
+    /// Sessions revoked at or after `since`, newest first, at most `limit` of them.
+    pub async fn revoked_since(
+        &self,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        on_backend!(self, s => s.revoked_since(since, limit).await)
     }
 
     /// Records a back-channel logout token's `jti`; `false` if it was seen before (a replay).

@@ -199,11 +199,13 @@ macro_rules! sql_store {
                 Ok(query.bind(now).fetch_all(&self.pool).await?)
             }
 
-            pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+            pub async fn revoked_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
+                    "SELECT id, revoked_at FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at >= $1 \
+                     ORDER BY revoked_at DESC LIMIT $2",
                 )
                 .bind(since)
+                .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
             }

@@ -6,11 +6,11 @@
 //! set. The public halves are published as a JWKS.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
+mod cache;
 mod keys;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
@@ -18,6 +18,7 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use cache::VerifiedCache;
 pub use keys::{KeyEntry, KeyRing};
 use keys::{generate_key, key_context, key_from_pem, key_from_store};
 
@@ -90,54 +91,25 @@ impl TokenRejection {
     }
 }
 
-/// A cache of verified tokens, keyed by the SHA-256 of the whole token, so ValidateToken pays
-/// for a signature check once per token rather than once per call. Entries are dropped once
-/// the token has expired; the revocation check is never cached.
-struct VerifiedCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Claims>>>>,
-}
-
-const CACHE_SHARDS: usize = 16;
-const CACHE_SHARD_CAPACITY: usize = 8192;
-
-impl VerifiedCache {
-    fn new() -> Self {
-        Self { shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
-    }
-
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Arc<Claims>>> {
-        &self.shards[usize::from(key[0]) % CACHE_SHARDS]
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<Arc<Claims>> {
-        self.shard(key).lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
-    }
-
-    fn insert(&self, key: [u8; 32], claims: Arc<Claims>, now: i64) {
-        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
-        if shard.len() >= CACHE_SHARD_CAPACITY {
-            shard.retain(|_, c| c.exp + LEEWAY_SECS as i64 >= now);
-            if shard.len() >= CACHE_SHARD_CAPACITY {
-                shard.clear();
-            }
-        }
-        shard.insert(key, claims);
-    }
-
-    fn clear(&self) {
-        for shard in &self.shards {
-            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("signing key: {0}")]
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The token would be longer than [`MAX_TOKEN_BYTES`] (the user's claims are too large).
+    #[error(
+        "the token would be {0} bytes, more than the {MAX_TOKEN_BYTES} an authgate token may have"
+    )]
+    TooLarge(usize),
 }
+
+/// The longest token authgate mints: it must fit the 8 KiB header line nginx (and most proxies)
+/// accept by default as `Authorization: Bearer <token>`, and authgate's own verification limit
+/// ([`MAX_VERIFIED_TOKEN_BYTES`]).
+pub const MAX_TOKEN_BYTES: usize = 6144;
+/// The longest token authgate will try to verify.
+pub const MAX_VERIFIED_TOKEN_BYTES: usize = 8192;
 
 /// Mints and verifies authgate JWTs.
 pub struct TokenIssuer {
@@ -359,22 +331,22 @@ impl TokenIssuer {
             groups: profile.groups.clone().unwrap_or_default(),
         };
         let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::Invalid(e.to_string()))?;
-        Ok((key.sign_jws(&payload)?, claims))
+        let token = key.sign_jws(&payload)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(KeyError::TooLarge(token.len()));
+        }
+        Ok((token, claims))
     }
 
     /// [`Self::verify`] with a cache of tokens already verified. Does not check revocation.
     pub fn verify_cached(&self, token: &str) -> Result<Arc<Claims>, TokenRejection> {
         let key = sha256(token.as_bytes());
         let now = now();
-        if let Some(claims) = self.cache.get(&key) {
-            return if claims.exp + (LEEWAY_SECS as i64) < now {
-                Err(TokenRejection::Expired)
-            } else {
-                Ok(claims)
-            };
+        if let Some(cached) = self.cache.get(&key, now) {
+            return cached;
         }
         let claims = Arc::new(self.verify(token)?);
-        self.cache.insert(key, Arc::clone(&claims), now);
+        self.cache.insert(key, Arc::clone(&claims), token.len(), now);
         Ok(claims)
     }
 
@@ -383,11 +355,21 @@ impl TokenIssuer {
         self.cache.clear();
     }
 
+    /// Drops the cached verifications of tokens that have expired.
+    pub fn purge_cache(&self) {
+        self.cache.purge_expired(now());
+    }
+
+    /// Entries in the verified-token cache and the bytes charged for them.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
+    }
+
     /// Verifies signature, `iss`, `aud`, `exp` and `nbf` (RFC 7515/7519, RFC 8725): the `alg`
     /// must be the one of the key named by `kid` — never `none`, never HMAC — and no `crit`
     /// extension is accepted. Does not check revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
-        if token.len() > 8192 {
+        if token.len() > MAX_VERIFIED_TOKEN_BYTES {
             return Err(TokenRejection::Malformed);
         }
         let mut parts = token.split('.');

@@ -253,10 +253,10 @@ async fn exercise(store: Store) {
         vec!["s-3"]
     );
     let mut recent: Vec<String> =
-        store.revoked_since(now() - 60).await.unwrap().into_iter().map(|(id, _)| id).collect();
+        store.revoked_since(now() - 60, 100).await.unwrap().into_iter().map(|(id, _)| id).collect();
     recent.sort();
     assert_eq!(recent, vec!["s-2".to_string(), "s-3".into(), hostile_id.into()]);
-    assert!(store.revoked_since(now() + 60).await.unwrap().is_empty());
+    assert!(store.revoked_since(now() + 60, 100).await.unwrap().is_empty());
 
     // Logout token jtis are remembered once.
     assert!(store.remember_logout_jti("jti-1", now() + 60).await.unwrap());

@@ -2,7 +2,8 @@
 //! an unknown `kid`, PKCE S256 authorization URLs, code exchange with `client_secret_basic` or
 //! `client_secret_post`, ID-token validation (OIDC Core 3.1.3.7, RFC 8725) and userinfo.
 //!
-//! The HTTP client follows no redirects (SSRF) and every call has a timeout.
+//! The HTTP client follows no redirects (SSRF), every call has a timeout, and no response body
+//! larger than `provider_max_response_bytes` is read ([`http`]).
 
 use std::{
     borrow::Cow,
@@ -42,9 +43,11 @@ use crate::{
 };
 
 mod errors;
+mod http;
 mod logout;
 
 use errors::{claims_sid, discovery_error, error_chain, id_token_error, observed, token_error};
+use http::ProviderHttp;
 
 /// The `groups` claim (Okta, `oidc-provider` and most IdPs use a string array).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -139,7 +142,7 @@ struct Discovered {
 
 pub struct OidcProvider {
     config: ProviderConfig,
-    http: reqwest::Client,
+    http: ProviderHttp,
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// The last discovery failure, reported while not ready.
     last_error: RwLock<String>,
@@ -152,13 +155,7 @@ pub struct OidcProvider {
 
 impl OidcProvider {
     pub fn new(config: ProviderConfig) -> Result<Arc<Self>, ProviderError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::NotReady(format!("cannot build HTTP client: {e}")))?;
+        let http = ProviderHttp::new(&config)?;
         Ok(Arc::new(Self {
             config,
             http,
@@ -571,7 +568,7 @@ impl IdentityProvider for OidcProvider {
             ("token", refresh_token.expose().clone()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        let request = self.authenticate(self.http.post(&endpoint), &mut form);
+        let request = self.authenticate(self.http.client().post(&endpoint), &mut form);
         let response = observed("revocation", request.form(&form).send()).await.map_err(|e| {
             ProviderError::Unreachable(format!("revocation request failed: {}", error_chain(&e)))
         })?;
@@ -620,7 +617,7 @@ impl IdentityProvider for OidcProvider {
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        let response = observed("discovery_probe", self.http.get(url).send())
+        let response = observed("discovery_probe", self.http.client().get(url).send())
             .await
             .map_err(|e| ProviderError::Unreachable(error_chain(&e)))?;
         if response.status().is_success() {
