@@ -195,16 +195,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(path) = &config.encryption_key.generated_at {
         tracing::info!(path = %path.display(), "using the encryption key file beside the SQLite database");
     }
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    let bind = |addr: std::net::SocketAddr| {
+        authgate::server::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
     };
-    let public = bind(config.listen_addr).await?;
-    let internal = match config.transport.internal_listen_addr {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
+    let public = bind(config.listen_addr)?;
+    let internal = config.transport.internal_listen_addr.map(bind).transpose()?;
     let app = startup::Application::build(config).await?;
     app.run(startup::Listeners { public, internal }, startup::shutdown_signal()).await
 }

@@ -259,6 +259,23 @@ pub async fn serve(
     }
 }
 
+/// Pending connections the kernel queues for a listener before it drops SYNs (tokio's default
+/// is 128: too few for a burst of clients, or for riding out a moment without descriptors).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listener with SO_REUSEADDR (a restart does not wait for TIME_WAIT) and a backlog of
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Resolves once shutdown has been asked for (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;

@@ -226,6 +226,8 @@ pub struct AppOptions {
     pub database_url: Option<String>,
     /// Serve on this listener (bound beforehand, when its port must be known early).
     pub listener: Option<tokio::net::TcpListener>,
+    /// Also serve the internal listener (the fleet's checks, metrics, readiness) on port 0.
+    pub internal: bool,
 }
 
 impl AppOptions {
@@ -238,6 +240,7 @@ impl AppOptions {
             env: Vec::new(),
             database_url: None,
             listener: None,
+            internal: false,
         }
     }
 
@@ -254,6 +257,7 @@ impl AppOptions {
             env: Vec::new(),
             database_url: None,
             listener: None,
+            internal: false,
         }
     }
 
@@ -266,11 +270,21 @@ impl AppOptions {
         self.sqlite = true;
         self
     }
+
+    /// Serve the internal listener too (on its own port 0).
+    pub fn internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The internal listener, when the app was started with one.
+    pub internal_addr: Option<SocketAddr>,
+    /// AuthService on the public listener.
     pub grpc: AuthServiceClient<Channel>,
+    /// Health on the listener that serves readiness (the internal one, when there is one).
     pub health: HealthClient<Channel>,
     pub db: Option<Db>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -280,6 +294,18 @@ pub struct TestApp {
 impl TestApp {
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL of the listener that serves the fleet's checks, metrics and readiness: the
+    /// internal one when there is one.
+    pub fn checks_url(&self) -> String {
+        format!("http://{}", self.internal_addr.unwrap_or(self.addr))
+    }
+
+    /// AuthService on the internal listener (ValidateToken and GetJwks live there).
+    pub async fn internal_grpc(&self) -> AuthServiceClient<Channel> {
+        let channel = Channel::from_shared(self.checks_url()).unwrap().connect().await.unwrap();
+        AuthServiceClient::new(channel)
     }
 
     /// A direct connection to this app's database, for asserting what was (not) written.
@@ -369,6 +395,12 @@ pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
         None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let addr = listener.local_addr().unwrap();
+    let internal = if opts.internal {
+        Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    } else {
+        None
+    };
+    let internal_addr = internal.as_ref().map(|l| l.local_addr().unwrap());
     let (db, database_url, sqlite_path) = if let Some(url) = &opts.database_url {
         (None, Some(url.clone()), None)
     } else if opts.sqlite {
@@ -382,17 +414,28 @@ pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
     };
     let mut env = app_env(&opts, database_url.as_deref(), sqlite_path.as_deref());
     env.entry("AUTHGATE_PUBLIC_URL".into()).or_insert(format!("http://{addr}"));
+    if let Some(internal) = internal_addr {
+        env.insert("AUTHGATE_INTERNAL_LISTEN_ADDR".into(), internal.to_string());
+    }
     let config = Config::from_sources(None, &env).unwrap_or_else(|e| panic!("{e}"));
     let app = Application::build(config).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(listener, async move {
+    let listeners = authgate::startup::Listeners { public: listener, internal };
+    let server = tokio::spawn(app.run(listeners, async move {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let checks = match internal_addr {
+        Some(internal) => {
+            Channel::from_shared(format!("http://{internal}")).unwrap().connect().await.unwrap()
+        }
+        None => channel.clone(),
+    };
     TestApp {
         addr,
-        grpc: AuthServiceClient::new(channel.clone()),
-        health: HealthClient::new(channel),
+        internal_addr,
+        grpc: AuthServiceClient::new(channel),
+        health: HealthClient::new(checks),
         db,
         shutdown: Some(tx),
         server: Some(server),

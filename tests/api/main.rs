@@ -11,6 +11,7 @@ mod helpers;
 mod fleet;
 mod gateway;
 mod http_routes;
+mod limits;
 mod login_errors;
 mod login_flow;
 mod provider_faults;

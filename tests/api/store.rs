@@ -319,3 +319,32 @@ async fn an_unreachable_database_is_reported_as_unavailable() {
     .unwrap();
     assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
 }
+
+/// The revocation set holds at most its capacity (the newest revocations); beyond it, a session
+/// it does not hold is "unknown" — never "not revoked" — so ValidateToken asks the database.
+#[tokio::test]
+async fn the_revocation_set_is_bounded_and_never_guesses_beyond_its_capacity() {
+    use authgate::revocation::{Revocation, Revocations};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&DatabaseConfig::Sqlite(dir.path().join("r.db")), 1).unwrap();
+    store.migrate().await.unwrap();
+    for i in 1..=5 {
+        let id = format!("r-{i}");
+        store.insert_sessions(&[(session(&id), sha256(id.as_bytes()).to_vec())]).await.unwrap();
+        store.revoke_session(&id, now() - 60 + i * 10).await.unwrap();
+    }
+    store.insert_sessions(&[(session("live"), sha256(b"live").to_vec())]).await.unwrap();
+
+    let small = Revocations::with_capacity(std::time::Duration::from_secs(900), 3);
+    assert_eq!(small.sync(&store, now()).await.unwrap(), 3);
+    assert!(small.is_overflowed());
+    assert_eq!(small.check("r-5"), Revocation::Revoked, "the newest are kept");
+    assert_eq!(small.check("r-1"), Revocation::Unknown, "the oldest is not, and not guessed");
+    assert_eq!(small.check("live"), Revocation::Unknown);
+
+    let roomy = Revocations::with_capacity(std::time::Duration::from_secs(900), 10);
+    assert_eq!(roomy.sync(&store, now()).await.unwrap(), 5);
+    assert!(!roomy.is_overflowed());
+    assert_eq!(roomy.check("r-1"), Revocation::Revoked);
+    assert_eq!(roomy.check("live"), Revocation::NotRevoked);
+}
