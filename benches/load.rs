@@ -6,7 +6,9 @@
 //! a fixed concurrency for a fixed time, measures the baselines in the same run — the server's
 //! own gRPC Health/Check (transport limit), a raw sqlx single-row INSERT with the same pool size
 //! and durability (store limit), an INSERT + DELETE…RETURNING pair — and prints a table plus the
-//! target ratios, and writes the same as JSON.
+//! target ratios, and writes the same as JSON. Last, two fresh servers each get 10,000 idle
+//! connections (HTTP/1.1, then HTTP/2) to measure the server memory one costs.
+//! `AUTHGATE_BENCH_BIN` runs the same client against another authgate binary (a before/after).
 //!
 //!   cargo bench --bench load                 # full run (~2 min)
 //!   cargo bench --bench load -- --smoke      # a few seconds, for CI
@@ -50,6 +52,8 @@ struct Options {
     concurrency: usize,
     connections: usize,
     idle_connections: usize,
+    /// Connections opened for the memory-per-idle-connection phase.
+    idle_memory_connections: usize,
     out: String,
     /// Run only the phases whose name contains one of these (for profiling one path).
     only: Vec<String>,
@@ -72,6 +76,7 @@ fn options() -> Options {
         concurrency: value("--concurrency").and_then(|v| v.parse().ok()).unwrap_or(64),
         connections: value("--connections").and_then(|v| v.parse().ok()).unwrap_or(8),
         idle_connections: if smoke { 100 } else { 1000 },
+        idle_memory_connections: if smoke { 200 } else { 10_000 },
         out: value("--out").unwrap_or_else(|| "target/bench/load.json".into()),
         only: value("--only").map(|v| v.split(',').map(String::from).collect()).unwrap_or_default(),
     }
@@ -203,10 +208,23 @@ fn proc_status_kb(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The benchmark drives the server far beyond one client's fair share on purpose: the connection
+/// caps are raised (every connection comes from loopback) so they measure the server, not its
+/// limits.
+const LIMITS_RAISED: &[(&str, &str)] =
+    &[("AUTHGATE_MAX_CONNECTIONS", "20000"), ("AUTHGATE_MAX_CONNECTIONS_PER_IP", "0")];
+
+/// The binary under test: this build's, or `AUTHGATE_BENCH_BIN` (to measure another build with
+/// the same client, e.g. the commit before a change).
+fn server_binary() -> String {
+    std::env::var("AUTHGATE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_authgate").into())
+}
+
 async fn start_server(database_url: &str, issuer: &str) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let child = Command::new(server_binary())
+        .envs(LIMITS_RAISED.iter().copied())
         .env("DATABASE_URL", database_url)
         .env("AUTHGATE_LISTEN_ADDR", addr.to_string())
         .env("AUTHGATE_ISSUER_URL", issuer)
@@ -502,9 +520,77 @@ fn proc_meminfo_kb(field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Server memory per idle connection: a fresh server, `n` connections (HTTP/1.1 or HTTP/2) that
+/// each made one request and then went quiet, and the server's RSS before and after. Returns
+/// (KB per connection, RSS MB with the connections open).
+async fn idle_connection_memory(
+    database_url: &str,
+    issuer: &str,
+    n: usize,
+    http2: bool,
+) -> (f64, f64) {
+    let server = start_server(database_url, issuer).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kb = proc_status_kb(server.child.id(), "VmRSS:");
+    // Each protocol from its own loopback address: ports in TIME_WAIT from one round do not
+    // limit the next.
+    let from: std::net::IpAddr = if http2 { [127, 0, 0, 3] } else { [127, 0, 0, 2] }.into();
+    let addr = server.addr;
+    let open_one = move || async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        if http2 {
+            let (client, connection) = h2::client::handshake(stream).await.unwrap();
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut client = client.ready().await.unwrap();
+            let request = http::Request::get(format!("http://{addr}/healthz")).body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let mut body = response.await.unwrap().into_body();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Held::Http2(client, driver)
+        } else {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: authgate\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            Held::Http1(stream)
+        }
+    };
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        let batch = (n - held.len()).min(200);
+        held.extend(futures_util::future::join_all((0..batch).map(|_| open_one())).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_kb = proc_status_kb(server.child.id(), "VmRSS:");
+    for h in &held {
+        if let Held::Http2(_, driver) = h {
+            driver.abort();
+        }
+    }
+    drop(held);
+    ((after_kb - before_kb) / n as f64, after_kb / 1024.0)
+}
+
+/// A connection kept open by the idle-memory phase.
+#[allow(dead_code)]
+enum Held {
+    Http1(tokio::net::TcpStream),
+    Http2(h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>),
+}
+
 #[tokio::main]
 async fn main() {
     let o = options();
+    // 10,000 client connections need more than the usual 1,024 descriptors.
+    let _ = authgate::server::raise_fd_limit();
     let base = std::env::var("AUTHGATE_BENCH_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let db_name = format!("authgate_bench_{}", std::process::id());
@@ -549,6 +635,11 @@ async fn main() {
         d.as_secs_f64(),
         o.connections,
         if o.smoke { " (smoke)" } else { "" }
+    );
+    println!(
+        "server: {}; connection limits raised for the benchmark: {}",
+        server_binary(),
+        LIMITS_RAISED.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     );
     let mut results: Vec<Stats> = Vec::new();
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|w| name.contains(w.as_str()));
@@ -891,6 +982,15 @@ async fn main() {
     }
     let peak_rss = proc_status_kb(server.child.id(), "VmHWM:") / 1024.0;
 
+    // 7. Memory per idle connection, HTTP/1.1 and HTTP/2, each on a fresh server.
+    let idle_n = o.idle_memory_connections;
+    let mut idle_memory = None;
+    if wanted("idle") {
+        let h1 = idle_connection_memory(&database_url, &fake.issuer, idle_n, false).await;
+        let h2 = idle_connection_memory(&database_url, &fake.issuer, idle_n, true).await;
+        idle_memory = Some((h1, h2));
+    }
+
     // The table.
     println!();
     println!(
@@ -943,6 +1043,11 @@ async fn main() {
         ),
         ("peak RSS MB (whole run)", peak_rss, "<= 50 MB", peak_rss <= 50.0),
     ];
+    let mut targets = targets;
+    if let Some(((h1_kb, _), (h2_kb, _))) = idle_memory {
+        targets.push(("KB per idle HTTP/1.1 connection", h1_kb, "<= 25 KB", h1_kb <= 25.0));
+        targets.push(("KB per idle HTTP/2 connection", h2_kb, "<= 25 KB", h2_kb <= 25.0));
+    }
     println!();
     for (name, value, target, met) in &targets {
         println!(
@@ -954,6 +1059,11 @@ async fn main() {
         );
     }
     println!("RSS with {n} connections open: {rss_with_connections:.1} MB");
+    if let Some(((h1_kb, h1_mb), (h2_kb, h2_mb))) = idle_memory {
+        println!(
+            "{idle_n} idle connections on a fresh server: HTTP/1.1 {h1_kb:.1} KB each ({h1_mb:.1} MB RSS), HTTP/2 {h2_kb:.1} KB each ({h2_mb:.1} MB RSS)"
+        );
+    }
     let report = json!({
         "machine": machine(),
         "postgres": pg_version,
@@ -965,6 +1075,8 @@ async fn main() {
         "targets": targets.iter().map(|(n, v, t, m)| json!({"name": n, "value": v, "target": t, "met": m})).collect::<Vec<_>>(),
         "peak_rss_mb": peak_rss,
         "rss_mb_with_connections": rss_with_connections,
+        "idle_connections": idle_n,
+        "idle_kb_per_connection": idle_memory.map(|((h1, _), (h2, _))| json!({"http1": h1, "http2": h2})),
     });
     if let Some(dir) = std::path::Path::new(&o.out).parent() {
         std::fs::create_dir_all(dir).unwrap();

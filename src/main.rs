@@ -111,12 +111,17 @@ async fn check_config(config: Config) -> anyhow::Result<()> {
     report(
         "configuration",
         Ok(format!(
-            "issuer {}, client {}, {} redirect URI(s), {}, listen {}",
+            "issuer {}, client {}, {} redirect URI(s), {}, listen {}{}",
             config.provider.issuer,
             config.provider.client_id,
             config.redirect_uris.len(),
             config.database.describe(),
-            config.listen_addr
+            config.listen_addr,
+            config
+                .transport
+                .internal_listen_addr
+                .map(|a| format!(", internal listener {a}"))
+                .unwrap_or_default()
         )),
     );
     let provider = match OidcProvider::new(config.provider.clone()) {

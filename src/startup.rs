@@ -258,10 +258,13 @@ impl<H: Health> RouterParts<H> {
         let routes = http::router(self.http.clone())
             .layer(axum::extract::DefaultBodyLimit::max(t.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(limits, layers::http_limits));
-        Ok(grpc
-            .merge(routes)
-            .fallback(http::not_found)
-            .layer(axum::middleware::from_fn_with_state(role, layers::gate))
+        let router = grpc.merge(routes).fallback(http::not_found);
+        // With one listener there is nothing to refuse: no gate on the hot path.
+        let router = match role {
+            Role::All => router,
+            _ => router.layer(axum::middleware::from_fn_with_state(role, layers::gate)),
+        };
+        Ok(router
             .layer(cors_layer(&self.auth.config().cors_allowed_origins)?)
             .layer(axum::middleware::from_fn(observe))
             .layer(

@@ -487,6 +487,12 @@ async fn readyz_flips_while_the_database_is_down_and_recovers() {
     assert_eq!(live.status(), StatusCode::OK, "liveness does not depend on the database");
     proxy.set_down(false);
     wait_for(StatusCode::OK).await;
+    // An expected 503 is no ERROR line: ERROR means someone should act.
+    let logs = captured_logs();
+    assert!(
+        !logs.lines().any(|l| l.contains("ERROR") && l.contains("/readyz")),
+        "a /readyz 503 was logged at ERROR"
+    );
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use crate::{
     fake_provider::{FakeProvider, Signing, TokenAnswer},
     helpers::*,
     login_flow::full_login,
+    provider_faults::{exchange, fake_app_with, start},
 };
 
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.x: another client).
@@ -363,25 +364,10 @@ async fn oversized_messages_heads_and_bodies_are_refused_per_service() {
     assert!(err.message().contains("131072"), "{}", err.message());
 
     // grpc-web gets the same status.
-    let message =
-        GetLoginUrlRequest { login_hint: "h".repeat(20_000), ..Default::default() }.encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let web = reqwest::Client::new()
-        .post(format!("{}/authgate.v1.AuthService/GetLoginUrl", app.base_url()))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let in_headers = web.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
-    let text = String::from_utf8_lossy(&web.bytes().await.unwrap()).to_string();
-    assert!(
-        in_headers.as_deref() == Some("8") || text.contains("grpc-status:8"),
-        "{in_headers:?} {text}"
-    );
+    let big = GetLoginUrlRequest { login_hint: "h".repeat(20_000), ..Default::default() };
+    let (status, text) =
+        grpc_web_status(&app, "authgate.v1.AuthService/GetLoginUrl", &big, &[]).await;
+    assert_eq!(status, "8", "{text}");
 
     // HTTP bodies: 16 KiB, refused before they are read.
     let client = reqwest::Client::new();
@@ -408,33 +394,47 @@ async fn oversized_messages_heads_and_bodies_are_refused_per_service() {
     assert_eq!(healthz(&app.base_url()).await, 200);
 }
 
-async fn fake_app(fake: &FakeProvider, extra: &[(&str, &str)]) -> TestApp {
-    let mut options = AppOptions::with_issuer(&fake.issuer).set("AUTHGATE_PROVIDER_TIMEOUT", "3");
-    for (k, v) in extra {
-        options = options.set(k, v);
-    }
-    let app = spawn_app(options).await;
-    wait_until_serving(&app).await;
-    app
+/// A login started at the fake provider: the ExchangeCode request and the nonce.
+async fn start_login(app: &TestApp) -> (ExchangeCodeRequest, String) {
+    let (started, nonce) = start(app).await;
+    (exchange(&started), nonce)
 }
 
-async fn start_login(app: &TestApp) -> (ExchangeCodeRequest, String) {
-    let started =
-        app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap().into_inner();
-    let nonce = query_param(&started.login_url, "nonce").unwrap();
-    let exchange = ExchangeCodeRequest {
-        code: "code-from-fake".into(),
-        state: started.state,
-        binding: started.binding,
-        ..Default::default()
-    };
-    (exchange, nonce)
+/// A grpc-web (binary) unary call over HTTP/1.1: the `grpc-status` it got (from the headers of
+/// a trailers-only answer, or from the trailer frame) and the body as text.
+async fn grpc_web_status(
+    app: &TestApp,
+    method: &str,
+    message: &impl Message,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    let message = message.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/{method}", app.base_url()))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body).send().await.unwrap();
+    let in_headers = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+    let text = String::from_utf8_lossy(&response.bytes().await.unwrap()).to_string();
+    let status = in_headers.unwrap_or_else(|| {
+        text.split("grpc-status:")
+            .nth(1)
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_default()
+    });
+    (status, text)
 }
 
 #[tokio::test]
 async fn provider_responses_over_the_cap_are_unavailable_and_open_no_session() {
     let fake = FakeProvider::start().await;
-    let app = fake_app(&fake, &[("AUTHGATE_PROVIDER_MAX_RESPONSE_BYTES", "16KiB")]).await;
+    let app = fake_app_with(&fake, &[("AUTHGATE_PROVIDER_MAX_RESPONSE_BYTES", "16KiB")]).await;
 
     // A token response over the cap.
     let (exchange, nonce) = start_login(&app).await;
@@ -460,7 +460,7 @@ async fn provider_responses_over_the_cap_are_unavailable_and_open_no_session() {
 #[tokio::test]
 async fn a_profile_too_large_for_a_token_is_refused_at_sign_in_and_writes_nothing() {
     let fake = FakeProvider::start().await;
-    let app = fake_app(&fake, &[]).await;
+    let app = fake_app_with(&fake, &[]).await;
     let login_with_groups = |groups: Vec<String>| {
         let (app, fake) = (&app, &fake);
         async move {
@@ -497,7 +497,7 @@ async fn a_profile_too_large_for_a_token_is_refused_at_sign_in_and_writes_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_outlives_request_timeout_is_answered_but_streams_are_exempt() {
     let fake = FakeProvider::start().await;
-    let app = fake_app(&fake, &[("AUTHGATE_REQUEST_TIMEOUT", "1")]).await;
+    let app = fake_app_with(&fake, &[("AUTHGATE_REQUEST_TIMEOUT", "1")]).await;
     let (exchange, nonce) = start_login(&app).await;
     fake.answer_next(TokenAnswer::IdToken {
         claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
@@ -508,26 +508,17 @@ async fn a_request_that_outlives_request_timeout_is_answered_but_streams_are_exe
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("request_timeout"), "{}", err.message());
 
-    // The caller's own shorter grpc-timeout is honoured and named (sent over grpc-web, whose
-    // client enforces no deadline of its own: the answer is the server's).
+    // The caller's own shorter grpc-timeout is honoured (sent over grpc-web, whose client
+    // enforces no deadline of its own: the answer is the server's).
     let (exchange, _) = start_login(&app).await;
-    let message = exchange.encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let web = reqwest::Client::new()
-        .post(format!("{}/authgate.v1.AuthService/ExchangeCode", app.base_url()))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .header("grpc-timeout", "300m")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = web.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
-    let text = String::from_utf8_lossy(&web.bytes().await.unwrap()).to_string();
-    assert!(status.as_deref() == Some("4") || text.contains("grpc-status:4"), "{status:?} {text}");
-    assert!(text.contains("grpc-timeout") || status.is_some(), "{text}");
+    let (status, text) = grpc_web_status(
+        &app,
+        "authgate.v1.AuthService/ExchangeCode",
+        &exchange,
+        &[("grpc-timeout", "300m")],
+    )
+    .await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED: {text}");
 
     // HTTP routes: 503 with a JSON body that says why.
     let (exchange, _) = start_login(&app).await;
@@ -607,8 +598,19 @@ async fn the_internal_listener_serves_the_fleet_and_the_public_one_the_logins() 
         let body: Value = refused.json().await.unwrap();
         assert!(body["message"].as_str().unwrap().contains("internal listener"), "{body}");
     }
-    assert_eq!(client.get(format!("{internal}/metrics")).send().await.unwrap().status(), 200);
     assert_eq!(client.get(format!("{internal}/readyz")).send().await.unwrap().status(), 200);
+
+    // Metrics are internal, and a scrape reads no table: the pending-attempts gauge is kept in
+    // memory (rows deleted behind authgate's back do not change it).
+    app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap();
+    let pending = "authgate_pending_login_attempts";
+    let before = series(&metrics_text(&internal).await, pending);
+    assert!(before >= 1.0);
+    let Some(Db::Postgres(db)) = &app.db else { panic!("a PostgreSQL app") };
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("DELETE FROM login_attempts").execute(&pool).await.unwrap();
+    pool.close().await;
+    assert_eq!(series(&metrics_text(&internal).await, pending), before);
 
     // Logins: public only.
     let err = fleet.get_login_url(GetLoginUrlRequest::default()).await.unwrap_err();

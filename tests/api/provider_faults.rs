@@ -16,21 +16,30 @@ use crate::{
 };
 
 async fn fake_app(fake: &FakeProvider) -> TestApp {
-    let app =
-        spawn_app(AppOptions::with_issuer(&fake.issuer).set("AUTHGATE_PROVIDER_TIMEOUT", "1"))
-            .await;
+    fake_app_with(fake, &[("AUTHGATE_PROVIDER_TIMEOUT", "1")]).await
+}
+
+/// An app signing in at the fake provider, with extra settings; serving when returned.
+pub async fn fake_app_with(fake: &FakeProvider, settings: &[(&str, &str)]) -> TestApp {
+    let mut options = AppOptions::with_issuer(&fake.issuer);
+    for (key, value) in settings {
+        options = options.set(key, value);
+    }
+    let app = spawn_app(options).await;
     wait_until_serving(&app).await;
     app
 }
 
-async fn start(app: &TestApp) -> (GetLoginUrlResponse, String) {
+/// Starts a login; returns it and the nonce the fake must put in its ID token.
+pub async fn start(app: &TestApp) -> (GetLoginUrlResponse, String) {
     let started =
         app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap().into_inner();
     let nonce = query_param(&started.login_url, "nonce").unwrap();
     (started, nonce)
 }
 
-fn exchange(started: &GetLoginUrlResponse) -> ExchangeCodeRequest {
+/// The ExchangeCode request for a started login (the fake accepts any code).
+pub fn exchange(started: &GetLoginUrlResponse) -> ExchangeCodeRequest {
     ExchangeCodeRequest {
         code: "code-from-fake".into(),
         state: started.state.clone(),
