@@ -50,6 +50,12 @@ pub enum AuthError {
     /// A bug or a broken invariant; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+    /// authgate is at a concurrency budget: shed at once rather than queued.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_secs: u64 },
+    /// The caller is over a rate limit, quota or cap.
+    #[error("{message}")]
+    Limited { limit: &'static str, message: String, retry_after_secs: u64 },
 }
 
 /// The class of an error, which each transport turns into its own status code.
@@ -63,8 +69,11 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Credentials (code, ID token, authgate token) are missing or invalid.
     Unauthenticated,
-    /// A dependency (provider, database) is down or slow; retrying later may work.
+    /// A dependency (provider, database) is down or slow, or authgate is shedding load;
+    /// retrying later may work.
     Unavailable,
+    /// The caller is over a rate limit, quota or cap; retrying after a while will work.
+    ResourceExhausted,
     /// A server-side fault.
     Internal,
 }
@@ -78,6 +87,7 @@ impl ErrorKind {
             Self::PermissionDenied => "permission_denied",
             Self::Unauthenticated => "unauthenticated",
             Self::Unavailable => "unavailable",
+            Self::ResourceExhausted => "resource_exhausted",
             Self::Internal => "internal",
         }
     }
@@ -106,6 +116,20 @@ impl AuthError {
             Self::Provider(_) => "provider_unavailable",
             Self::Store(StoreError::Unavailable(_)) => "database_unavailable",
             Self::Store(_) | Self::Internal(_) => "internal",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Limited { .. } => "rate_limited",
+        }
+    }
+
+    /// How long the caller should wait before retrying, when that is known.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded { retry_after_secs, .. } | Self::Limited { retry_after_secs, .. } => {
+                Some(*retry_after_secs)
+            }
+            Self::Store(StoreError::Unavailable(_)) => Some(5),
+            _ if self.classify().0 == ErrorKind::Unavailable => Some(5),
+            _ => None,
         }
     }
 
@@ -131,6 +155,8 @@ impl AuthError {
             Self::Store(_) | Self::Internal(_) => {
                 (K::Internal, "internal error; the server log has the details".into())
             }
+            Self::Overloaded { .. } => (K::Unavailable, self.to_string()),
+            Self::Limited { .. } => (K::ResourceExhausted, self.to_string()),
         }
     }
 }

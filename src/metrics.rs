@@ -68,6 +68,11 @@ const METRICS: &[(&str, &str, &str)] = &[
         "Connections closed by a timeout, by listener and reason (header_read_timeout, idle_timeout).",
     ),
     (
+        "authgate_requests_refused_total",
+        "counter",
+        "Requests refused by admission control or a per-client limit, by listener and limit.",
+    ),
+    (
         "authgate_accept_errors_total",
         "counter",
         "Failed accepts (e.g. out of file descriptors), by listener; each one backs off.",

@@ -28,6 +28,7 @@ use crate::{
     revocation::Revocations,
     server::{
         self, ListenerStats,
+        admission::{Admission, AdmissionLayer, ClientLimits},
         layers::{self, Role},
     },
     store::Store,
@@ -132,6 +133,29 @@ impl Application {
             .map(|_| ListenerStats::new("internal", transport.internal.clone()));
         let all_stats: Vec<Arc<ListenerStats>> =
             std::iter::once(Arc::clone(&public_stats)).chain(internal_stats.clone()).collect();
+        let client_limits = Arc::new(ClientLimits::new(
+            transport.admission.clone(),
+            self.config.attempt_ttl,
+            Arc::clone(&self.auth),
+        ));
+        tasks.push(tokio::spawn({
+            let limits = Arc::clone(&client_limits);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    limits.prune();
+                }
+            }
+        }));
+        let origins = &self.config.cors_allowed_origins;
+        let public_admission =
+            Admission::new("public", &transport.admission, Arc::clone(&client_limits), origins);
+        let internal_admission = internal_stats.as_ref().map(|_| {
+            Admission::new("internal", &transport.admission, Arc::clone(&client_limits), origins)
+        });
+        let admissions: Vec<Arc<Admission>> = std::iter::once(Arc::clone(&public_admission))
+            .chain(internal_admission.clone())
+            .collect();
         let parts = RouterParts {
             auth: Arc::clone(&self.auth),
             health: health_service,
@@ -139,6 +163,8 @@ impl Application {
                 auth: Arc::clone(&self.auth),
                 readiness: readiness_rx,
                 listeners: Arc::new(all_stats),
+                admissions: Arc::new(admissions),
+                client_limits,
             },
             transport: transport.clone(),
         };
@@ -161,10 +187,13 @@ impl Application {
             "authgate listening"
         );
         servers.push(tokio::spawn({
-            let (router, transport, stop) = (parts.router(public_role)?, transport.clone(), stop_rx.clone());
+            let router = parts.router(public_role, public_admission)?;
+            let (transport, stop) = (transport.clone(), stop_rx.clone());
             async move { server::serve(listeners.public, router, public_stats, &transport, stop).await }
         }));
-        if let (Some(listener), Some(stats)) = (listeners.internal, internal_stats) {
+        if let (Some(listener), Some(stats), Some(admission)) =
+            (listeners.internal, internal_stats, internal_admission)
+        {
             info!(
                 listener = "internal",
                 addr = %display_addr(listener.local_addr().ok()),
@@ -173,8 +202,8 @@ impl Application {
                 "authgate listening"
             );
             servers.push(tokio::spawn({
-                let (router, transport, stop) =
-                    (parts.router(Role::Internal)?, transport.clone(), stop_rx.clone());
+                let router = parts.router(Role::Internal, admission)?;
+                let (transport, stop) = (transport.clone(), stop_rx.clone());
                 async move { server::serve(listener, router, stats, &transport, stop).await }
             }));
         }
@@ -222,7 +251,7 @@ struct RouterParts<H: Health> {
 impl<H: Health> RouterParts<H> {
     /// gRPC (native and grpc-web), reflection, health and the HTTP routes for one listener,
     /// with the request limits and the listener gate.
-    fn router(&self, role: Role) -> anyhow::Result<axum::Router> {
+    fn router(&self, role: Role, admission: Arc<Admission>) -> anyhow::Result<axum::Router> {
         let t = &self.transport;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -283,7 +312,9 @@ impl<H: Health> RouterParts<H> {
                     })
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
-            .layer(axum::middleware::from_fn(request_id)))
+            .layer(axum::middleware::from_fn(request_id))
+            // Outermost: refusing must cost as little as possible.
+            .layer(AdmissionLayer(admission)))
     }
 }
 
@@ -317,18 +348,12 @@ async fn request_id(
 }
 
 /// The label of a request in the latency metrics: the known gRPC method or HTTP route
-/// ([`layers::PLACEMENT`]), else `other`, so a client cannot grow the metrics without bound.
+/// ([`layers::ROUTES`]), else `other`, so a client cannot grow the metrics without bound.
 fn known_label(path: &str, grpc: bool) -> &'static str {
-    layers::PLACEMENT
-        .iter()
-        .find(|(known, _)| {
-            *known == path
-                && (path.starts_with("/grpc.")
-                    || path.starts_with("/authgate.")
-                    || path.starts_with("/envoy."))
-                    == grpc
-        })
-        .map_or("other", |(known, _)| known)
+    match layers::find(path) {
+        Some(route) if layers::is_rpc_path(path) == grpc => route.path,
+        _ => "other",
+    }
 }
 
 /// Records the latency of every request: gRPC by method, HTTP by route and status class.
@@ -398,7 +423,8 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         // Cookies (the binding set by /api/login) may ride along on credentialed fetches.
         .allow_credentials(true)
         .expose_headers(
-            ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static),
+            ["grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after"]
+                .map(HeaderName::from_static),
         )
         .max_age(Duration::from_secs(600)))
 }

@@ -293,6 +293,13 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("max_message_bytes", Kind::Scalar),
     ("ext_authz_max_message_bytes", Kind::Scalar),
     ("max_body_bytes", Kind::Scalar),
+    ("max_concurrent_logins", Kind::Scalar),
+    ("max_concurrent_checks", Kind::Scalar),
+    ("login_rate_per_client", Kind::Scalar),
+    ("login_burst_per_client", Kind::Scalar),
+    ("max_pending_attempts_per_client", Kind::Scalar),
+    ("max_pending_attempts", Kind::Scalar),
+    ("trusted_proxies", Kind::List),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,4 +383,4 @@ mod transport;
 
 pub use parse::parse_duration;
 use parse::{Parser, Raw, read_file};
-pub use transport::{ListenerLimits, TransportConfig, parse_size};
+pub use transport::{AdmissionConfig, ListenerLimits, TransportConfig, parse_size};

@@ -44,6 +44,29 @@ pub struct TransportConfig {
     pub ext_authz_max_message_bytes: usize,
     /// Largest request body on the plain HTTP routes.
     pub max_body_bytes: usize,
+    /// Admission control and rate limits.
+    pub admission: AdmissionConfig,
+}
+
+/// How much work authgate takes on, and from whom (see `server::admission`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Login-class requests (logins, sessions, the browser routes) in flight per listener;
+    /// beyond, a request is refused at once with UNAVAILABLE / 503.
+    pub max_concurrent_logins: usize,
+    /// Check-class requests (ValidateToken, Envoy Check, /auth/check, keys, health, metrics) in
+    /// flight per listener: a budget of their own, so a login flood cannot starve them.
+    pub max_concurrent_checks: usize,
+    /// Login starts and callbacks per second from one client address (0: no limit).
+    pub login_rate_per_client: u32,
+    /// How many of them may come at once before the rate applies.
+    pub login_burst_per_client: u32,
+    /// Login attempts one client address may have started within `attempt_ttl` (0: no limit).
+    pub max_pending_attempts_per_client: u32,
+    /// Login attempts pending on this replica (0: no limit).
+    pub max_pending_attempts: u64,
+    /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 const KIB: u64 = 1024;
@@ -119,6 +142,46 @@ impl Parser {
                 64 * MIB,
             ),
             max_body_bytes: self.size(raw, "max_body_bytes", 16 * KIB, KIB, 64 * MIB),
+            admission: self.admission(raw),
+        }
+    }
+
+    fn admission(&mut self, raw: &Raw) -> AdmissionConfig {
+        let mut trusted_proxies = Vec::new();
+        for text in raw.lists.get("trusted_proxies").into_iter().flatten() {
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.problem(
+                    "trusted_proxies",
+                    format!("`{text}` is not an IP address or network (e.g. `10.0.0.0/8`, `::1`)"),
+                ),
+            }
+        }
+        AdmissionConfig {
+            max_concurrent_logins: self.count(raw, "max_concurrent_logins", 128, 1, 1_000_000),
+            max_concurrent_checks: self.count(raw, "max_concurrent_checks", 1_024, 1, 1_000_000),
+            login_rate_per_client: self.count(raw, "login_rate_per_client", 20, 0, 1_000_000)
+                as u32,
+            login_burst_per_client: self.count(raw, "login_burst_per_client", 100, 1, 1_000_000)
+                as u32,
+            max_pending_attempts_per_client: self.count(
+                raw,
+                "max_pending_attempts_per_client",
+                10_000,
+                0,
+                100_000_000,
+            ) as u32,
+            max_pending_attempts: self.count(
+                raw,
+                "max_pending_attempts",
+                1_000_000,
+                0,
+                1_000_000_000,
+            ) as u64,
+            trusted_proxies,
         }
     }
 

@@ -47,6 +47,76 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
+/// The original request's headers from a CheckRequest, lower-cased: Envoy sends them either as
+/// a map or, when configured, as a header map (a value may then be raw bytes). A header given
+/// both ways takes the header map's value.
+pub fn request_headers(request: CheckRequest) -> HashMap<String, String> {
+    let http = request.attributes.and_then(|a| a.request).and_then(|r| r.http);
+    let mut headers: HashMap<String, String> = HashMap::new();
+    if let Some(http) = http {
+        headers.extend(http.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+        for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
+            let value = if h.value.is_empty() {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            } else {
+                h.value
+            };
+            headers.insert(h.key.to_ascii_lowercase(), value);
+        }
+    }
+    headers
+}
+
+/// A denial Envoy passes on to the client as is: this HTTP status, a JSON body that says why,
+/// and `WWW-Authenticate` (401) or `Retry-After` (429, 503) where they apply.
+fn denied(
+    grpc: tonic::Code,
+    http: StatusCode,
+    kind: &str,
+    message: String,
+    retry_after_secs: Option<u64>,
+) -> CheckResponse {
+    let mut denied = DeniedHttpResponse {
+        status: Some(HttpStatus { code: http.into() }),
+        headers: vec![header(
+            "content-type",
+            "application/json",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        )],
+        body: serde_json::json!({ "error": kind, "message": message }).to_string(),
+    };
+    if http == StatusCode::Unauthorized {
+        denied.headers.push(header(
+            "www-authenticate",
+            "Bearer realm=\"authgate\"",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    if let Some(secs) = retry_after_secs {
+        denied.headers.push(header(
+            "retry-after",
+            &secs.to_string(),
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    CheckResponse {
+        status: Some(rpc::Status { code: grpc as i32, message }),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+    }
+}
+
+/// The answer to a Check that authgate sheds: a denial with 503 (not a gRPC error, which Envoy
+/// would turn into a 403 for the client).
+pub fn overloaded_response(message: String, retry_after_secs: u64) -> CheckResponse {
+    denied(
+        tonic::Code::Unavailable,
+        StatusCode::ServiceUnavailable,
+        "overloaded",
+        message,
+        Some(retry_after_secs),
+    )
+}
+
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     #[tracing::instrument(name = "ext_authz.Check", skip_all)]
@@ -54,20 +124,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let http = request.into_inner().attributes.and_then(|a| a.request).and_then(|r| r.http);
-        // Envoy sends headers either as a map or, when configured, as a header map.
-        let mut headers: HashMap<String, String> = HashMap::new();
-        if let Some(http) = http {
-            headers.extend(http.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-            for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
-                let value = if h.value.is_empty() {
-                    String::from_utf8_lossy(&h.raw_value).into_owned()
-                } else {
-                    h.value
-                };
-                headers.insert(h.key.to_ascii_lowercase(), value);
-            }
-        }
+        let headers = request_headers(request.into_inner());
         let bearer = headers.get("authorization").and_then(|v| bearer_token(v));
         let cookie = headers
             .get("cookie")
@@ -94,6 +151,7 @@ impl Authorization for ExtAuthz {
                 }
             }
             Err(e) => {
+                let retry_after = e.retry_after_secs();
                 let (kind, message) = e.classify();
                 let (grpc, http) = match kind {
                     ErrorKind::PermissionDenied => {
@@ -102,30 +160,13 @@ impl Authorization for ExtAuthz {
                     ErrorKind::Unavailable => {
                         (tonic::Code::Unavailable, StatusCode::ServiceUnavailable)
                     }
+                    ErrorKind::ResourceExhausted => {
+                        (tonic::Code::ResourceExhausted, StatusCode::TooManyRequests)
+                    }
                     ErrorKind::Internal => (tonic::Code::Internal, StatusCode::InternalServerError),
                     _ => (tonic::Code::Unauthenticated, StatusCode::Unauthorized),
                 };
-                let mut denied = DeniedHttpResponse {
-                    status: Some(HttpStatus { code: http.into() }),
-                    headers: vec![header(
-                        "content-type",
-                        "application/json",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    )],
-                    body: serde_json::json!({ "error": kind.as_str(), "message": message })
-                        .to_string(),
-                };
-                if http == StatusCode::Unauthorized {
-                    denied.headers.push(header(
-                        "www-authenticate",
-                        "Bearer realm=\"authgate\"",
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    ));
-                }
-                CheckResponse {
-                    status: Some(rpc::Status { code: grpc as i32, message }),
-                    http_response: Some(HttpResponse::DeniedResponse(denied)),
-                }
+                denied(grpc, http, kind.as_str(), message, retry_after)
             }
         };
         Ok(Response::new(answer))

@@ -5,7 +5,7 @@ mod ext_authz;
 mod redact;
 mod status;
 
-pub use ext_authz::ExtAuthz;
+pub use ext_authz::{ExtAuthz, overloaded_response as overloaded_check_response, request_headers};
 
 use std::sync::Arc;
 

@@ -45,6 +45,9 @@ pub struct HttpState {
     pub readiness: watch::Receiver<Readiness>,
     /// Every listener's live counters, for the connection gauges.
     pub listeners: Arc<Vec<Arc<crate::server::ListenerStats>>>,
+    /// Every listener's admission budgets, and the per-client limits, for their gauges.
+    pub admissions: Arc<Vec<Arc<crate::server::admission::Admission>>>,
+    pub client_limits: Arc<crate::server::admission::ClientLimits>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -98,8 +101,8 @@ fn decorate_error(response: &mut Response) {
             HeaderValue::from_static("Bearer realm=\"authgate\""),
         );
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        headers.entry(header::RETRY_AFTER).or_insert(HeaderValue::from_static("5"));
     }
 }
 
@@ -110,6 +113,7 @@ fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -117,17 +121,32 @@ fn http_status(kind: ErrorKind) -> StatusCode {
 /// The one place core errors become HTTP responses (JSON or, for navigations, HTML).
 pub fn error_response(e: AuthError, as_json: bool) -> Response {
     let (kind, message) = e.classify();
-    match kind {
-        ErrorKind::Internal => error!(error = %e, "request failed"),
-        ErrorKind::Unavailable => warn!(error = %e, "request failed: dependency unavailable"),
+    match (kind, &e) {
+        (ErrorKind::Internal, _) => error!(error = %e, "request failed"),
+        // Shedding and limits are expected under load: counted in metrics, not logged per call.
+        (_, AuthError::Overloaded { .. } | AuthError::Limited { .. }) => {
+            debug!(error = %e, "request refused")
+        }
+        (ErrorKind::Unavailable, _) => warn!(error = %e, "request failed: dependency unavailable"),
         _ => debug!(error = %e, "request refused"),
     }
     let status = http_status(kind);
-    if as_json {
-        json_error(status, kind.as_str(), message)
+    let code = match &e {
+        AuthError::Overloaded { .. } => "overloaded",
+        AuthError::Limited { .. } => "rate_limited",
+        _ => kind.as_str(),
+    };
+    let mut response = if as_json {
+        json_error(status, code, message)
     } else {
         html_error(status, "Sign-in failed", &message)
+    };
+    if let Some(secs) = e.retry_after_secs() {
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
     }
+    response
 }
 
 /// Whether the caller wants JSON rather than a page: an `Accept: application/json`, an XHR, or a
@@ -294,6 +313,23 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             listener.limits.max_connections as f64,
         ));
     }
+    for admission in state.admissions.iter() {
+        let (logins, checks) = admission.in_flight();
+        for (budget, value) in [("logins", logins), ("checks", checks)] {
+            gauges.push(gauge(
+                "authgate_requests_in_flight",
+                "Requests in flight, by listener and budget (max_concurrent_logins, max_concurrent_checks).",
+                vec![("listener", admission.listener().into()), ("budget", budget.into())],
+                value as f64,
+            ));
+        }
+    }
+    gauges.push(gauge(
+        "authgate_rate_limited_clients_tracked",
+        "Client addresses the per-client limits currently track (pruned every 10 s).",
+        vec![],
+        state.client_limits.tracked() as f64,
+    ));
     let ready = state.readiness.borrow().is_ready();
     gauges.push(gauge(
         "authgate_ready",

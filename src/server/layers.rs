@@ -39,58 +39,115 @@ pub enum Placement {
     Both,
 }
 
-/// Every RPC and route authgate serves and the listener it belongs on (with an internal
-/// listener configured). The README's "Listeners" table is this list.
-pub const PLACEMENT: &[(&str, Placement)] = &[
-    ("/authgate.v1.AuthService/GetLoginUrl", Placement::Public),
-    ("/authgate.v1.AuthService/ExchangeCode", Placement::Public),
-    ("/authgate.v1.AuthService/GetUserInfo", Placement::Public),
-    ("/authgate.v1.AuthService/RefreshSession", Placement::Public),
-    ("/authgate.v1.AuthService/Logout", Placement::Public),
-    ("/authgate.v1.AuthService/ValidateToken", Placement::Internal),
-    ("/authgate.v1.AuthService/GetJwks", Placement::Internal),
-    ("/envoy.service.auth.v3.Authorization/Check", Placement::Internal),
-    ("/grpc.health.v1.Health/Check", Placement::Internal),
-    ("/grpc.health.v1.Health/Watch", Placement::Internal),
-    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Placement::Both),
-    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Placement::Both),
-    ("/", Placement::Public),
-    ("/authorization-code/login", Placement::Public),
-    ("/authorization-code/callback", Placement::Public),
-    ("/authorization-code/logout", Placement::Public),
-    ("/api/login", Placement::Public),
-    ("/api/callback", Placement::Public),
-    ("/api/userinfo", Placement::Public),
-    ("/backchannel-logout", Placement::Public),
-    ("/auth/check", Placement::Internal),
-    ("/metrics", Placement::Internal),
-    ("/readyz", Placement::Internal),
-    ("/healthz", Placement::Both),
-    ("/.well-known/jwks.json", Placement::Both),
-    ("/.well-known/openid-configuration", Placement::Both),
+/// Which concurrency budget a request draws on (see [`super::admission`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Logins, sessions and the browser routes: they write, and they wait on the provider.
+    Login,
+    /// The fleet's checks, keys, health and metrics: answered from memory, and kept answering
+    /// under a login flood.
+    Check,
+}
+
+/// Which per-client limits a request is subject to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    None,
+    /// An unauthenticated write that stores a login attempt: rate limit and pending caps.
+    Start,
+    /// An unauthenticated write that redeems one: rate limit.
+    Callback,
+}
+
+/// One RPC or route authgate serves.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub path: &'static str,
+    pub placement: Placement,
+    pub class: Class,
+    pub limit: Limit,
+    /// A streaming RPC: no server deadline (a health Watch lives as long as its client wants).
+    pub streaming: bool,
+}
+
+const fn route(path: &'static str, placement: Placement, class: Class, limit: Limit) -> Route {
+    Route { path, placement, class, limit, streaming: false }
+}
+
+const fn stream(path: &'static str, placement: Placement) -> Route {
+    Route { path, placement, class: Class::Check, limit: Limit::None, streaming: true }
+}
+
+use Class::{Check, Login};
+use Placement::{Both, Internal, Public};
+
+/// Every RPC and route authgate serves: the listener it belongs on (with an internal listener
+/// configured), its budget and its limits. The README's "Listeners and limits" tables are this
+/// list. Anything else is answered 404 / UNIMPLEMENTED, in the login budget.
+pub const ROUTES: &[Route] = &[
+    route("/authgate.v1.AuthService/GetLoginUrl", Public, Login, Limit::Start),
+    route("/authgate.v1.AuthService/ExchangeCode", Public, Login, Limit::Callback),
+    route("/authgate.v1.AuthService/GetUserInfo", Public, Login, Limit::None),
+    route("/authgate.v1.AuthService/RefreshSession", Public, Login, Limit::None),
+    route("/authgate.v1.AuthService/Logout", Public, Login, Limit::None),
+    route("/authgate.v1.AuthService/ValidateToken", Internal, Check, Limit::None),
+    route("/authgate.v1.AuthService/GetJwks", Internal, Check, Limit::None),
+    route("/envoy.service.auth.v3.Authorization/Check", Internal, Check, Limit::None),
+    route("/grpc.health.v1.Health/Check", Internal, Check, Limit::None),
+    stream("/grpc.health.v1.Health/Watch", Internal),
+    stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Both),
+    stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Both),
+    route("/", Public, Login, Limit::None),
+    route("/authorization-code/login", Public, Login, Limit::Start),
+    route("/authorization-code/callback", Public, Login, Limit::Callback),
+    route("/authorization-code/logout", Public, Login, Limit::None),
+    route("/api/login", Public, Login, Limit::Start),
+    route("/api/callback", Public, Login, Limit::Callback),
+    route("/api/userinfo", Public, Login, Limit::None),
+    route("/backchannel-logout", Public, Login, Limit::None),
+    route("/auth/check", Internal, Check, Limit::None),
+    route("/metrics", Internal, Check, Limit::None),
+    route("/readyz", Internal, Check, Limit::None),
+    route("/healthz", Both, Check, Limit::None),
+    route("/.well-known/jwks.json", Both, Check, Limit::None),
+    route("/.well-known/openid-configuration", Both, Check, Limit::None),
 ];
 
-/// Streaming RPCs: no server deadline (a health Watch lives as long as its client wants).
-const STREAMING: &[&str] = &[
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
+/// The route a path names, if authgate serves it.
+pub fn find(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.path.len() == path.len() && r.path == path)
+}
 
-fn placement(path: &str) -> Option<Placement> {
-    PLACEMENT.iter().find(|(p, _)| *p == path).map(|(_, placement)| *placement)
+/// Whether a path names an RPC (as opposed to an HTTP route).
+pub fn is_rpc_path(path: &str) -> bool {
+    path.starts_with("/authgate.") || path.starts_with("/envoy.") || path.starts_with("/grpc.")
 }
 
 fn is_grpc(request: &Request) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    is_grpc_request(request.headers())
+}
+
+/// Whether a request is gRPC or grpc-web (by its content type).
+pub fn is_grpc_request(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC error answered outside tonic (a trailers-only response). grpc-web callers reach the
+/// middleware before the grpc-web translation: they are answered in their own content type,
+/// which grpc-web reads from the headers.
+pub fn grpc_error(status: tonic::Status, request: &http::HeaderMap) -> Response {
+    let mut response = status.into_http::<axum::body::Body>();
+    if let Some(content_type) = request.get(header::CONTENT_TYPE) {
+        if content_type.as_bytes().starts_with(b"application/grpc-web") {
+            response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+        }
+    }
+    response
 }
 
 /// Refuses what this listener does not serve, saying which listener does.
 pub async fn gate(State(role): State<Role>, request: Request, next: Next) -> Response {
-    let wrong = match (role, placement(request.uri().path())) {
+    let wrong = match (role, find(request.uri().path()).map(|r| r.placement)) {
         (Role::Public, Some(Placement::Internal)) => {
             Some("internal listener (internal_listen_addr)")
         }
@@ -106,15 +163,7 @@ pub async fn gate(State(role): State<Role>, request: Request, next: Next) -> Res
             "{} is served only on authgate's {other}",
             path.trim_start_matches('/')
         ));
-        let mut response = status.into_http::<axum::body::Body>();
-        // grpc-web callers reach this before the grpc-web translation: answer in their type
-        // (a trailers-only response, which grpc-web reads from the headers).
-        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
-            if content_type.as_bytes().starts_with(b"application/grpc-web") {
-                response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
-            }
-        }
-        response
+        grpc_error(status, request.headers())
     } else {
         json_error(
             StatusCode::NOT_FOUND,
@@ -127,7 +176,7 @@ pub async fn gate(State(role): State<Role>, request: Request, next: Next) -> Res
 /// Deadline and message-size answers for gRPC (inside the grpc-web translation, so grpc-web
 /// callers get the same statuses).
 pub async fn grpc_limits(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    let streaming = STREAMING.contains(&request.uri().path());
+    let streaming = find(request.uri().path()).is_some_and(|r| r.streaming);
     let asked = request.headers().get("grpc-timeout").and_then(parse_grpc_timeout);
     let server = (!streaming).then_some(limit);
     let (deadline, by_caller) = match (asked, server) {
@@ -262,12 +311,16 @@ mod tests {
     }
 
     #[test]
-    fn every_listed_route_has_one_placement() {
-        for (i, (path, _)) in PLACEMENT.iter().enumerate() {
-            assert!(PLACEMENT[i + 1..].iter().all(|(p, _)| p != path), "{path} listed twice");
+    fn every_listed_route_is_listed_once() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(ROUTES[i + 1..].iter().all(|o| o.path != r.path), "{} listed twice", r.path);
         }
-        assert_eq!(placement("/metrics"), Some(Placement::Internal));
-        assert_eq!(placement("/api/login"), Some(Placement::Public));
-        assert_eq!(placement("/no/such/route"), None);
+        assert_eq!(find("/metrics").map(|r| r.placement), Some(Placement::Internal));
+        assert_eq!(
+            find("/api/login").map(|r| (r.placement, r.limit)),
+            Some((Placement::Public, Limit::Start))
+        );
+        assert!(find("/grpc.health.v1.Health/Watch").unwrap().streaming);
+        assert_eq!(find("/no/such/route"), None);
     }
 }

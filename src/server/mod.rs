@@ -18,6 +18,7 @@
 //! Request-level limits (deadlines, body and message sizes, which listener serves what) are
 //! layers on the router: [`layers`].
 
+pub mod admission;
 mod connection;
 pub mod layers;
 
