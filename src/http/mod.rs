@@ -164,6 +164,13 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         || has(header::HeaderName::from_static("sec-fetch-mode"), "same-origin")
 }
 
+/// Whether an error on `path` is answered as JSON: always, but on the pages a browser navigates
+/// to (`/`, `/authorization-code/*`), where only a caller that asks for JSON gets it.
+pub fn answers_json(path: &str, headers: &HeaderMap) -> bool {
+    let page = path == "/" || path.starts_with("/authorization-code/");
+    !page || wants_json(headers)
+}
+
 /// Longest query string accepted.
 const MAX_QUERY_LEN: usize = 16 * 1024;
 

@@ -266,7 +266,7 @@ impl Admission {
         } else if layers::is_grpc_request(headers) {
             layers::grpc_error(crate::grpc::status_from(e), headers)
         } else {
-            crate::http::error_response(e, crate::http::wants_json(headers))
+            crate::http::error_response(e, crate::http::answers_json(path, headers))
         };
         if let Some(origin) = headers.get(header::ORIGIN) {
             if self.origins.iter().any(|o| o == origin) {

@@ -8,6 +8,7 @@
 mod fake_provider;
 mod helpers;
 
+mod admission;
 mod fleet;
 mod gateway;
 mod http_routes;
