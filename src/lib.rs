@@ -34,6 +34,8 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+#[cfg(test)]
+mod properties;
 pub mod provider;
 pub mod revocation;
 pub mod secret;
