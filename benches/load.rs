@@ -174,6 +174,8 @@ async fn token(
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The internal listener, when started with one.
+    internal: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -227,9 +229,24 @@ fn server_binary() -> String {
 }
 
 async fn start_server(database_url: &str, issuer: &str) -> Server {
+    start_server_with(database_url, issuer, false).await
+}
+
+/// A free loopback port.
+fn free_addr() -> SocketAddr {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(server_binary())
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// The server, optionally with an internal listener (the fleet's checks on a port of their own).
+async fn start_server_with(database_url: &str, issuer: &str, internal: bool) -> Server {
+    let addr = free_addr();
+    let internal = internal.then(free_addr);
+    let mut command = Command::new(server_binary());
+    if let Some(internal) = internal {
+        command.env("AUTHGATE_INTERNAL_LISTEN_ADDR", internal.to_string());
+    }
+    let child = command
         .envs(LIMITS_RAISED.iter().copied())
         .env("DATABASE_URL", database_url)
         .env("AUTHGATE_LISTEN_ADDR", addr.to_string())
@@ -244,10 +261,11 @@ async fn start_server(database_url: &str, issuer: &str) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start target/release/authgate");
-    let server = Server { child, addr };
+    let server = Server { child, addr, internal };
     let http = reqwest::Client::new();
+    let checks = internal.unwrap_or(addr);
     for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
+        if let Ok(r) = http.get(format!("http://{checks}/readyz")).send().await {
             if r.status().is_success() {
                 return server;
             }
@@ -524,6 +542,149 @@ fn proc_meminfo_kb(field: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// What the overload phase measured.
+struct Overload {
+    peak: Stats,
+    calm: Stats,
+    /// ValidateToken while logins run at their peak, without a flood.
+    under_peak: Stats,
+    /// Callers that wait as the refusal's `retry-after` asks.
+    polite: Stats,
+    under_polite: Stats,
+    /// Callers that ask again at once.
+    hostile: Stats,
+    under_hostile: Stats,
+    callers: usize,
+}
+
+/// The fleet's side of the overload phase: ValidateToken at a fixed 2,000/s on the internal
+/// listener, from a thread and runtime of its own (as a sidecar is a process of its own), so
+/// that the flood's callers in this process do not delay the checks' own client.
+struct Checker {
+    requests: tokio::sync::mpsc::UnboundedSender<(String, tokio::sync::oneshot::Sender<Stats>)>,
+}
+
+impl Checker {
+    fn start(internal: SocketAddr, token: String, d: Duration) -> Self {
+        let (requests, mut incoming) =
+            tokio::sync::mpsc::unbounded_channel::<(String, tokio::sync::oneshot::Sender<Stats>)>();
+        std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let clients: Arc<Vec<AuthServiceClient<Channel>>> = Arc::new(
+                    connect(internal, 4).await.into_iter().map(AuthServiceClient::new).collect(),
+                );
+                while let Some((name, reply)) = incoming.recv().await {
+                    let (clients, token) = (Arc::clone(&clients), token.clone());
+                    let validate = move |w: usize| {
+                        let (mut client, token) =
+                            (clients[w % clients.len()].clone(), token.clone());
+                        async move {
+                            client
+                                .validate_token(ValidateTokenRequest { token })
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    };
+                    let _ = reply.send(measure(&name, None, d, 16, Some(2000.0), validate).await);
+                }
+            });
+        });
+        Self { requests }
+    }
+
+    async fn measure(&self, name: &str) -> Stats {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.requests.send((name.to_string(), reply)).unwrap();
+        result.await.unwrap()
+    }
+}
+
+/// Successful calls per second of a phase whose errors are refusals.
+fn goodput(s: &Stats) -> f64 {
+    (s.requests - s.errors.min(s.requests)) as f64 / s.seconds.max(f64::EPSILON)
+}
+
+/// Overload, on a fresh server with an internal listener and its default concurrency budgets:
+/// GetLoginUrl's peak with 64 closed-loop callers, ValidateToken's p99 at a fixed 2,000/s on
+/// the internal listener when calm, then both at once with `callers` closed-loop GetLoginUrl
+/// callers — far more than the server can serve, so the surplus is shed (UNAVAILABLE with
+/// `retry-after: 1`). Twice: callers that wait as the refusal asks (what a well-behaved client
+/// does; the targets), then callers that ask again at once (what per-client limits are for; on
+/// this machine they also take the CPU the server would use).
+async fn overload(
+    database_url: &str,
+    fake: &Arc<FakeProvider>,
+    admin: &sqlx::PgPool,
+    d: Duration,
+    callers: usize,
+) -> Overload {
+    let server = start_server_with(database_url, &fake.issuer, true).await;
+    let public: Vec<AuthServiceClient<Channel>> =
+        connect(server.addr, 16).await.into_iter().map(AuthServiceClient::new).collect();
+    let env = Env { clients: public.clone(), fake: Arc::clone(fake) };
+    let token = env.login(0).await.unwrap().access_token;
+    let checker = Checker::start(server.internal.unwrap(), token, d);
+    let public = Arc::new(public);
+    let login_url = |polite: bool| {
+        let public = Arc::clone(&public);
+        move |w: usize| {
+            let mut client = public[w % public.len()].clone();
+            async move {
+                match client.get_login_url(GetLoginUrlRequest::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(status) => {
+                        let wait = status
+                            .metadata()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        if let (true, Some(secs)) = (polite, wait) {
+                            tokio::time::sleep(Duration::from_secs(secs)).await;
+                        }
+                        Err(status.to_string())
+                    }
+                }
+            }
+        }
+    };
+    let settle = || async {
+        for sql in ["DELETE FROM login_attempts", "CHECKPOINT"] {
+            sqlx::query(sql).execute(admin).await.unwrap();
+        }
+    };
+    settle().await;
+    let calm = checker.measure("overload: ValidateToken calm (2,000/s)").await;
+    settle().await;
+    // The same checks while logins run at their peak without a flood: what a saturated machine
+    // costs them, apart from anything the flood adds.
+    let (peak, under_peak) = tokio::join!(
+        measure(
+            "overload: GetLoginUrl peak (64 callers)",
+            Some(&server),
+            d,
+            64,
+            None,
+            login_url(true)
+        ),
+        checker.measure("overload: ValidateToken under peak logins, no flood"),
+    );
+    let mut floods = Vec::new();
+    for (polite, how) in [(true, "waiting as asked"), (false, "asking again at once")] {
+        settle().await;
+        let name = format!("overload: GetLoginUrl flood ({callers} callers {how})");
+        let under = format!("overload: ValidateToken under the flood {how}");
+        floods.push(tokio::join!(
+            measure(&name, Some(&server), d, callers, None, login_url(polite)),
+            checker.measure(&under),
+        ));
+    }
+    let (hostile, under_hostile) = floods.pop().unwrap();
+    let (polite, under_polite) = floods.pop().unwrap();
+    Overload { peak, calm, under_peak, polite, under_polite, hostile, under_hostile, callers }
 }
 
 /// Server memory per idle connection: a fresh server, `n` connections (HTTP/1.1 or HTTP/2) that
@@ -988,7 +1149,23 @@ async fn main() {
     }
     let peak_rss = proc_status_kb(server.child.id(), "VmHWM:") / 1024.0;
 
-    // 7. Memory per idle connection, HTTP/1.1 and HTTP/2, each on a fresh server.
+    // 7. Overload: admission control keeps login goodput and the checks' latency.
+    let mut overloaded = None;
+    if wanted("overload") {
+        let o = overload(&database_url, &fake, &admin, d, 512).await;
+        results.extend([
+            o.calm.clone(),
+            o.peak.clone(),
+            o.under_peak.clone(),
+            o.polite.clone(),
+            o.under_polite.clone(),
+            o.hostile.clone(),
+            o.under_hostile.clone(),
+        ]);
+        overloaded = Some(o);
+    }
+
+    // 8. Memory per idle connection, HTTP/1.1 and HTTP/2, each on a fresh server.
     let idle_n = o.idle_memory_connections;
     let mut idle_memory = None;
     if wanted("idle") {
@@ -1050,6 +1227,12 @@ async fn main() {
         ("peak RSS MB (whole run)", peak_rss, "<= 50 MB", peak_rss <= 50.0),
     ];
     let mut targets = targets;
+    if let Some(o) = &overloaded {
+        let goodput = ratio(goodput(&o.polite), o.peak.rps);
+        targets.push(("login goodput under overload / peak", goodput, ">= 0.90", goodput >= 0.9));
+        let p99 = ratio(o.under_polite.p99_ms, o.calm.p99_ms);
+        targets.push(("ValidateToken p99 under the flood / calm", p99, "<= 3.00", p99 <= 3.0));
+    }
     if let Some(((h1_kb, _), (h2_kb, _))) = idle_memory {
         targets.push(("KB per idle HTTP/1.1 connection", h1_kb, "<= 25 KB", h1_kb <= 25.0));
         targets.push(("KB per idle HTTP/2 connection", h2_kb, "<= 25 KB", h2_kb <= 25.0));
@@ -1065,6 +1248,26 @@ async fn main() {
         );
     }
     println!("RSS with {n} connections open: {rss_with_connections:.1} MB");
+    if let Some(o) = &overloaded {
+        println!(
+            "overload: ValidateToken p99 {:.2} ms calm, {:.2} ms while logins run at their peak ({:.0}/s) without a flood",
+            o.calm.p99_ms, o.under_peak.p99_ms, o.peak.rps
+        );
+        for (how, flood, under) in [
+            ("waiting as asked", &o.polite, &o.under_polite),
+            ("asking again at once", &o.hostile, &o.under_hostile),
+        ] {
+            println!(
+                "overload, {} closed-loop GetLoginUrl callers {how}: offered {:.0}/s, served {:.0}/s (peak {:.0}/s), the rest shed; ValidateToken p99 {:.2} ms (calm {:.2} ms)",
+                o.callers,
+                flood.rps,
+                goodput(flood),
+                o.peak.rps,
+                under.p99_ms,
+                o.calm.p99_ms
+            );
+        }
+    }
     if let Some(((h1_kb, h1_mb), (h2_kb, h2_mb))) = idle_memory {
         println!(
             "{idle_n} idle connections on a fresh server: HTTP/1.1 {h1_kb:.1} KB each ({h1_mb:.1} MB RSS), HTTP/2 {h2_kb:.1} KB each ({h2_mb:.1} MB RSS)"

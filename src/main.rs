@@ -67,7 +67,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.transport.internal_listen_addr.is_some() {
+        // The internal listener runs on a runtime of its own; the main runtime's login work
+        // yields the CPU to it (nice +5) when the machine is saturated.
+        builder.on_thread_start(authgate::server::lower_thread_priority);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("authgate: cannot start the async runtime: {e}");

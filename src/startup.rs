@@ -201,10 +201,17 @@ impl Application {
                 max_connections_per_ip = stats.limits.max_connections_per_ip,
                 "authgate listening"
             );
-            servers.push(tokio::spawn({
-                let router = parts.router(Role::Internal, admission)?;
-                let (transport, stop) = (transport.clone(), stop_rx.clone());
-                async move { server::serve(listener, router, stats, &transport, stop).await }
+            let router = parts.router(Role::Internal, admission)?;
+            let done = server::serve_on_own_runtime(
+                listener,
+                router,
+                stats,
+                transport.clone(),
+                stop_rx.clone(),
+            )
+            .context("cannot start the internal listener's runtime")?;
+            servers.push(tokio::spawn(async move {
+                let _ = done.await;
             }));
         }
         let mut failed = None;

@@ -277,6 +277,54 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Serves a listener on a runtime of its own, on threads of its own (`authgate-internal`), so
+/// that the operating system schedules its requests apart from the main runtime's: a flood of
+/// login work queues up there, not in front of the fleet's checks. Resolves when the listener
+/// has stopped.
+pub fn serve_on_own_runtime(
+    listener: TcpListener,
+    router: axum::Router,
+    stats: Arc<ListenerStats>,
+    transport: TransportConfig,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
+    // Re-registered with the new runtime's reactor, so that its readiness does not wait on the
+    // main runtime either.
+    let listener = listener.into_std()?;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("authgate-internal")
+        .enable_all()
+        .build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("authgate-internal-main".into()).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => serve(listener, router, stats, &transport, shutdown).await,
+                Err(e) => warn!(error = %e, "the internal listener could not start"),
+            }
+        });
+        // Whatever the listener left running (connections past their grace) ends here.
+        runtime.shutdown_timeout(CLOSE_GRACE);
+        let _ = done_tx.send(());
+    })?;
+    Ok(done_rx)
+}
+
+/// Lowers the calling thread's scheduling priority (nice +5): the main runtime's workers call it
+/// when an internal listener runs beside them, so that under a saturating login load the
+/// operating system runs the fleet's checks first. Lowering one's own priority needs no
+/// privilege; where it fails nothing changes.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority only read and set the calling thread's attributes.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 5);
+    }
+}
+
 /// Resolves once shutdown has been asked for (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
