@@ -121,6 +121,23 @@ impl AuthError {
         }
     }
 
+    /// Logs a failed request at the level it deserves, once, for whichever transport answers
+    /// it: internal faults at ERROR, a dependency down at WARN, the caller's mistakes — and
+    /// shedding and limits, expected under load and counted in metrics — at DEBUG. The detail
+    /// logged here is the one the caller does not see.
+    pub fn log(&self, kind: ErrorKind) {
+        match (kind, self) {
+            (ErrorKind::Internal, _) => tracing::error!(error = %self, "request failed"),
+            (_, Self::Overloaded { .. } | Self::Limited { .. }) => {
+                tracing::debug!(error = %self, "request refused")
+            }
+            (ErrorKind::Unavailable, _) => {
+                tracing::warn!(error = %self, "request failed: dependency unavailable")
+            }
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
+    }
+
     /// How long the caller should wait before retrying, when that is known.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {

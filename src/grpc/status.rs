@@ -3,7 +3,6 @@
 //! the caller should retry later carries `retry-after` metadata (seconds).
 
 use tonic::{Code, Status};
-use tracing::{debug, error, warn};
 
 use crate::error::{AuthError, ErrorKind};
 
@@ -18,15 +17,7 @@ pub fn status_from(e: AuthError) -> Status {
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     };
-    match (kind, &e) {
-        (ErrorKind::Internal, _) => error!(error = %e, "request failed"),
-        // Shedding and limits are expected under load: counted in metrics, not logged per call.
-        (_, AuthError::Overloaded { .. } | AuthError::Limited { .. }) => {
-            debug!(error = %e, "request refused")
-        }
-        (ErrorKind::Unavailable, _) => warn!(error = %e, "request failed: dependency unavailable"),
-        _ => debug!(error = %e, "request refused"),
-    }
+    e.log(kind);
     let mut status = Status::new(code, message);
     if let Some(secs) = e.retry_after_secs() {
         if let Ok(value) = secs.to_string().parse() {

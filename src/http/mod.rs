@@ -30,7 +30,6 @@ use axum::{
 };
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{debug, error, warn};
 
 use crate::{
     auth::Authenticator,
@@ -121,15 +120,7 @@ fn http_status(kind: ErrorKind) -> StatusCode {
 /// The one place core errors become HTTP responses (JSON or, for navigations, HTML).
 pub fn error_response(e: AuthError, as_json: bool) -> Response {
     let (kind, message) = e.classify();
-    match (kind, &e) {
-        (ErrorKind::Internal, _) => error!(error = %e, "request failed"),
-        // Shedding and limits are expected under load: counted in metrics, not logged per call.
-        (_, AuthError::Overloaded { .. } | AuthError::Limited { .. }) => {
-            debug!(error = %e, "request refused")
-        }
-        (ErrorKind::Unavailable, _) => warn!(error = %e, "request failed: dependency unavailable"),
-        _ => debug!(error = %e, "request refused"),
-    }
+    e.log(kind);
     let status = http_status(kind);
     let code = match &e {
         AuthError::Overloaded { .. } => "overloaded",

@@ -44,7 +44,7 @@ use ipnet::IpNet;
 use pin_project_lite::pin_project;
 
 use super::{
-    IpKey,
+    GuardedBody, IpKey,
     layers::{self, Class, Limit},
 };
 use crate::{auth::Authenticator, config::AdmissionConfig, error::AuthError};
@@ -412,7 +412,7 @@ where
                 if *streaming {
                     // A stream keeps its place until it ends.
                     return Poll::Ready(Ok(
-                        response.map(|body| Body::new(PermitBody { body, _permit: permit }))
+                        response.map(|body| Body::new(GuardedBody::new(body, permit)))
                     ));
                 }
                 drop(permit);
@@ -422,35 +422,6 @@ where
                 Poll::Ready(Ok(response.take().unwrap_or_default()))
             }
         }
-    }
-}
-
-pin_project! {
-    /// A streaming response body that holds its request's place in the budget.
-    struct PermitBody {
-        #[pin]
-        body: Body,
-        _permit: Option<Permit>,
-    }
-}
-
-impl http_body::Body for PermitBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

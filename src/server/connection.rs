@@ -27,7 +27,6 @@ use std::{
 };
 
 use axum::extract::ConnectInfo;
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -43,7 +42,7 @@ use tokio::{
 use tower::ServiceExt;
 use tracing::debug;
 
-use super::{CLOSE_GRACE, Slot, Timeouts};
+use super::{CLOSE_GRACE, GuardedBody, Slot, Timeouts};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -238,7 +237,7 @@ struct ConnectionService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
-    type Response = Response<TrackedBody>;
+    type Response = Response<GuardedBody<InFlight>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -256,34 +255,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-            Ok(response.map(|body| TrackedBody { body, _in_flight: in_flight }))
+            Ok(response.map(|body| GuardedBody::new(body, in_flight)))
         })
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is dropped.
-pub struct TrackedBody {
-    body: axum::body::Body,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

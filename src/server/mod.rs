@@ -136,6 +136,40 @@ impl Drop for Slot {
     }
 }
 
+/// A response body that holds `guard` until the body is done with (sent in full, or dropped):
+/// a request stays counted as in flight, or keeps its place in a budget, for exactly as long as
+/// its response is being sent.
+pub struct GuardedBody<G> {
+    body: axum::body::Body,
+    _guard: G,
+}
+
+impl<G> GuardedBody<G> {
+    pub fn new(body: axum::body::Body, guard: G) -> Self {
+        Self { body, _guard: guard }
+    }
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The timeouts every connection of every listener uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
