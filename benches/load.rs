@@ -502,6 +502,18 @@ impl Env {
     }
 }
 
+/// One ValidateToken call, as the phases that time it make it.
+async fn validate_call(
+    client: &mut AuthServiceClient<Channel>,
+    token: String,
+) -> Result<(), String> {
+    client
+        .validate_token(ValidateTokenRequest { token })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -582,13 +594,7 @@ impl Checker {
                     let validate = move |w: usize| {
                         let (mut client, token) =
                             (clients[w % clients.len()].clone(), token.clone());
-                        async move {
-                            client
-                                .validate_token(ValidateTokenRequest { token })
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        }
+                        async move { validate_call(&mut client, token).await }
                     };
                     let _ = reply.send(measure(&name, None, d, 16, Some(2000.0), validate).await);
                 }
@@ -1133,13 +1139,7 @@ async fn main() {
                     move |w| {
                         let (mut client, token) =
                             (idle[w].clone(), tokens[w % tokens.len()].clone());
-                        async move {
-                            client
-                                .validate_token(ValidateTokenRequest { token })
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        }
+                        async move { validate_call(&mut client, token).await }
                     }
                 },
             )

@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    fake_provider::{FakeProvider, Signing, TokenAnswer},
+    fake_provider::FakeProvider,
     helpers::*,
     provider_faults::{exchange, fake_app_with, start},
 };
@@ -196,10 +196,7 @@ async fn over_a_budget_requests_are_shed_at_once_and_checks_keep_theirs() {
     let app = fake_app_with(&fake, &[("AUTHGATE_MAX_CONCURRENT_LOGINS", "1")]).await;
     // One exchange holds the only login place: the provider takes 2 s to answer.
     let (started, nonce) = start(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Published,
-    });
+    fake.answer_valid(TEST_CLIENT_ID, &nonce);
     fake.delay_token(Duration::from_secs(2));
     let slow = tokio::spawn({
         let mut grpc = app.grpc.clone();

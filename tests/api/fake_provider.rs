@@ -192,6 +192,14 @@ impl FakeProvider {
         *self.state.answer.lock().unwrap() = Some(answer);
     }
 
+    /// The token endpoint answers a valid ID token for this client and nonce from now on.
+    pub fn answer_valid(&self, client_id: &str, nonce: &str) {
+        self.answer_next(TokenAnswer::IdToken {
+            claims: self.valid_claims(client_id, nonce),
+            signing: Signing::Published,
+        });
+    }
+
     pub fn delay_token(&self, delay: Duration) {
         *self.state.token_delay.lock().unwrap() = Some(delay);
     }

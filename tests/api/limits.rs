@@ -499,10 +499,7 @@ async fn a_request_that_outlives_request_timeout_is_answered_but_streams_are_exe
     let fake = FakeProvider::start().await;
     let app = fake_app_with(&fake, &[("AUTHGATE_REQUEST_TIMEOUT", "1")]).await;
     let (exchange, nonce) = start_login(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Published,
-    });
+    fake.answer_valid(TEST_CLIENT_ID, &nonce);
     fake.delay_token(Duration::from_millis(2500));
     let err = app.grpc.clone().exchange_code(exchange).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");

@@ -54,10 +54,7 @@ async fn the_code_exchange_uses_pkce_s256_and_client_secret_basic() {
     let fake = FakeProvider::start().await;
     let app = fake_app(&fake).await;
     let (started, nonce) = start(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Published,
-    });
+    fake.answer_valid(TEST_CLIENT_ID, &nonce);
     let done = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap().into_inner();
     assert_eq!(done.user.unwrap().email, "mallory@example.com");
 
@@ -225,10 +222,7 @@ async fn a_provider_that_goes_down_or_hangs_yields_unavailable() {
 
     // Slower than provider_timeout (1s).
     let (started, nonce) = start(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Published,
-    });
+    fake.answer_valid(TEST_CLIENT_ID, &nonce);
     fake.delay_token(Duration::from_secs(5));
     let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
