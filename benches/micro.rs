@@ -109,6 +109,8 @@ fn discovered_provider(rt: &tokio::runtime::Runtime) -> Arc<OidcProvider> {
             timeout: std::time::Duration::from_secs(5),
             clock_skew: std::time::Duration::from_secs(60),
             max_response_bytes: 256 * 1024,
+            discovery_interval: std::time::Duration::from_secs(3600),
+            jwks_min_refresh_interval: std::time::Duration::from_secs(60),
         })
         .unwrap();
         provider.discover().await.unwrap();

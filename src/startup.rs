@@ -102,7 +102,10 @@ impl Application {
                 readiness_tx,
                 self.config.health_check_interval,
             )),
-            tokio::spawn(sweep(self.store.clone())),
+            tokio::spawn(sweep(
+                self.store.clone(),
+                self.config.session_idle_timeout.as_secs() as i64,
+            )),
             tokio::spawn(
                 Arc::clone(self.auth.revocations())
                     .run(self.store.clone(), self.config.revocation_sync_interval),
@@ -457,14 +460,14 @@ async fn migrate_with_retry(store: &Store) -> anyhow::Result<()> {
 const ENDED_SESSION_GRACE_SECS: i64 = 7 * 86_400;
 
 /// Deletes expired login attempts, long-ended sessions and expired logout `jti`s periodically.
-async fn sweep(store: Store) {
+async fn sweep(store: Store, idle_timeout: i64) {
     loop {
         match store.sweep_expired_attempts(now()).await {
             Ok(0) => {}
             Ok(n) => info!(swept = n, "expired login attempts deleted"),
             Err(e) => warn!(error = %e, "sweeping expired login attempts failed"),
         }
-        match store.sweep_ended_sessions(now(), ENDED_SESSION_GRACE_SECS).await {
+        match store.sweep_ended_sessions(now(), ENDED_SESSION_GRACE_SECS, idle_timeout).await {
             Ok(0) => {}
             Ok(n) => info!(swept = n, "ended sessions deleted"),
             Err(e) => warn!(error = %e, "sweeping ended sessions failed"),

@@ -393,9 +393,10 @@ impl Authenticator {
             provider_sid: login.provider_sid.clone(),
             provider_token_expires_at: login.tokens.expires_at,
             created_at,
-            expires_at: created_at + self.config.session_ttl.as_secs() as i64,
+            expires_at: created_at + self.config.session_max_age.as_secs() as i64,
             revoked_at: None,
             cookie_hash: cookie.as_ref().map(|c| sha256(c.expose().as_bytes()).to_vec()),
+            last_used_at: None,
         };
         // Minted before the session is stored: a profile too large for a token writes nothing.
         let (token, claims) =
@@ -428,7 +429,7 @@ impl Authenticator {
             return Err(AuthError::SessionEnded);
         }
         let session = self.store.get_session(&claims.sid).await?.ok_or(AuthError::SessionEnded)?;
-        if session.revoked_at.is_some() || session.expires_at <= now() {
+        if !session.is_live(now(), self.idle_timeout_secs()) {
             return Err(AuthError::SessionEnded);
         }
         Ok(((*claims).clone(), session))
@@ -447,8 +448,15 @@ impl Authenticator {
             .get_session_by_cookie(&sha256(handle.as_bytes()))
             .await?
             .ok_or(AuthError::SessionEnded)?;
-        if session.revoked_at.is_some() || session.expires_at <= now() {
+        let now = now();
+        if !session.is_live(now, self.idle_timeout_secs()) {
             return Err(AuthError::SessionEnded);
+        }
+        // A browser session is kept alive by its use (its checks), recorded at most once a
+        // minute (or a tenth of the idle timeout) so that checks do not each write.
+        let every = (self.idle_timeout_secs() / 10).clamp(1, 60);
+        if session.last_used_at.unwrap_or(session.created_at) + every <= now {
+            self.store.touch_session(&session.id, now).await?;
         }
         let profile = serde_json::from_str(&session.profile)
             .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
@@ -474,6 +482,15 @@ impl Authenticator {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mut fresh = self.provider.user_info(&access_token, &claims.sub).await?;
         fresh.sub = stored.sub.clone();
+        if let Err(denied) = self.config.access.check(
+            fresh.email.as_deref(),
+            fresh.email_verified,
+            fresh.groups.as_deref().unwrap_or_default(),
+        ) {
+            self.revoke(&session.id).await?;
+            info!(sid = %session.id, error = %denied, "access no longer allowed; session revoked");
+            return Err(denied);
+        }
         self.store.update_session_profile(&session.id, &self.profile_json(&fresh)?, None).await?;
         Ok(fresh)
     }

@@ -15,7 +15,7 @@ use crate::{
     provider::ProviderError,
     revocation::Revocation,
     secret::Secret,
-    store::{RefreshUse, SessionRecord},
+    store::{RefreshUse, Rotation, SessionRecord},
     tokens::{Claims, TokenRejection, now},
 };
 
@@ -59,7 +59,7 @@ impl Authenticator {
                 Revocation::Revoked => Err(TokenRejection::Revoked),
                 // The set overflowed and does not hold this session: the database knows.
                 Revocation::Unknown => match self.store.get_session(&claims.sid).await? {
-                    Some(s) if s.revoked_at.is_none() && s.expires_at > now() => Ok(claims),
+                    Some(s) if s.is_live(now(), self.idle_timeout_secs()) => Ok(claims),
                     _ => Err(TokenRejection::Revoked),
                 },
             },
@@ -72,7 +72,7 @@ impl Authenticator {
 
     /// Revokes a session everywhere: in the database (every replica picks it up within
     /// `revocation_sync_interval`) and in this replica's set at once.
-    async fn revoke(&self, session_id: &str) -> Result<(), AuthError> {
+    pub(super) async fn revoke(&self, session_id: &str) -> Result<(), AuthError> {
         let at = now();
         self.store.revoke_session(session_id, at).await?;
         self.revocations.add(session_id, at);
@@ -92,105 +92,190 @@ impl Authenticator {
 
     /// Trades a refresh handle for a new token and handle. A used handle presented again revokes
     /// the session (RFC 9700 §4.14.2).
+    ///
+    /// With a provider refresh token, the session is refreshed at the provider first — by one
+    /// replica at a time (the session's refresh lease) — and the access rules are applied to the
+    /// user's profile as the provider now sees it, failing closed when it cannot say. Only the
+    /// provider's `invalid_grant` (or access now denied) ends the session; any other failure
+    /// leaves the session and the handle as they were, with the provider's rotated tokens kept.
+    /// The handle rotation is atomic: the new handle exists exactly when the old one is used.
     #[tracing::instrument(skip_all)]
     pub async fn refresh_session(&self, handle: &Secret<String>) -> Result<Refreshed, AuthError> {
         let handle =
             parse_handle("refresh_token", handle.expose()).map_err(AuthError::InvalidArgument)?;
         let hash = sha256(handle.as_bytes());
-        let session_id = match self.store.use_refresh_handle(&hash, now()).await? {
+        let session_id = match self.store.find_refresh_handle(&hash).await? {
             RefreshUse::Fresh(id) => id,
             RefreshUse::NotFound => {
                 return Err(AuthError::Unauthenticated(
                     "unknown refresh_token; sign in again".into(),
                 ));
             }
-            RefreshUse::Reused(id) => {
-                self.revoke(&id).await?;
-                warn!(sid = %id, "refresh handle reuse detected; session revoked");
-                return Err(AuthError::Unauthenticated(
-                    "this refresh_token was already used, so the session has been revoked as a precaution (RFC 9700 section 4.14.2); sign in again".into(),
-                ));
-            }
+            RefreshUse::Reused(id) => return Err(self.reuse_detected(&id).await),
         };
         let mut session =
             self.store.get_session(&session_id).await?.ok_or(AuthError::SessionEnded)?;
-        if session.revoked_at.is_some() || session.expires_at <= now() {
+        if !session.is_live(now(), self.idle_timeout_secs()) {
             return Err(AuthError::SessionEnded);
         }
-        let mut profile: Profile = serde_json::from_str(&session.profile)
+        let stored: Profile = serde_json::from_str(&session.profile)
             .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
 
-        if let (true, Some(sealed)) =
-            (self.config.refresh_at_provider, session.provider_refresh_token.clone())
-        {
-            let provider_refresh = self.decrypt(&session, "refresh", &sealed)?;
-            match self.provider.refresh(&provider_refresh).await {
-                Ok(tokens) => {
-                    // The user may have changed (groups) or been disabled since sign-in.
-                    match self.provider.user_info(&tokens.access_token, &session.subject).await {
-                        Ok(mut fresh) => {
-                            fresh.sub = profile.sub.clone();
-                            profile = fresh;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "userinfo after refresh failed; keeping the stored profile")
-                        }
-                    }
-                    let seal = |field: &str, v: &Secret<String>| {
-                        self.cipher.encrypt_secret(v, &session_context(&session.id, field))
-                    };
-                    session.provider_access_token = Some(seal("access", &tokens.access_token));
-                    if let Some(rt) = &tokens.refresh_token {
-                        session.provider_refresh_token = Some(seal("refresh", rt));
-                    }
-                    if let Some(id) = &tokens.id_token {
-                        session.provider_id_token = Some(seal("id", id));
-                    }
-                    session.provider_token_expires_at = tokens.expires_at;
-                    // A profile too large to carry keeps the stored one; the provider's
-                    // (possibly rotated) tokens are stored all the same.
-                    let fitted = self.profile_json(&profile);
-                    if let Ok(json) = &fitted {
-                        session.profile = json.clone();
-                    }
-                    if !self.store.update_session_tokens(&session).await? {
-                        return Err(AuthError::SessionEnded);
-                    }
-                    if let Err(e) = fitted {
-                        // Not a reason to end the session: once the administrator narrows the
-                        // claims, the same handle works again.
-                        self.store.release_refresh_handle(&hash).await?;
+        let at_provider = match (self.config.refresh_at_provider, &session.provider_refresh_token) {
+            (true, Some(sealed)) => Some(self.decrypt(&session, "refresh", sealed)?),
+            _ => None,
+        };
+        let (profile, lease) = match at_provider {
+            None => (stored, None),
+            Some(provider_refresh) => {
+                let lease = random_handle(16);
+                // The provider's calls (token, JWKS, userinfo) each end within the timeout.
+                let hold = 3 * self.config.provider.timeout.as_secs() as i64 + 5;
+                if !self
+                    .store
+                    .acquire_refresh_lease(&session.id, &lease, now() + hold, now())
+                    .await?
+                {
+                    return Err(AuthError::Overloaded {
+                        message: "this session is being refreshed by another request; retry in a second with the same refresh_token".into(),
+                        retry_after_secs: 1,
+                    });
+                }
+                match self.refresh_at_provider(&mut session, &stored, &provider_refresh).await {
+                    Ok(profile) => (profile, Some(lease)),
+                    Err(e) => {
+                        self.give_back_lease(&session, &lease).await;
                         return Err(e);
                     }
                 }
-                Err(ProviderError::Rejected { error, description }) => {
-                    self.revoke(&session.id).await?;
-                    info!(sid = %session.id, %error, "provider refused the refresh; session revoked");
-                    return Err(AuthError::Unauthenticated(format!(
-                        "the identity provider no longer accepts this session ({error}{}); sign in again",
-                        description.map(|d| format!(": {d}")).unwrap_or_default()
-                    )));
-                }
-                Err(e) => {
-                    // Not the client's fault: let it retry with the same handle.
-                    self.store.release_refresh_handle(&hash).await?;
-                    return Err(e.into());
-                }
-            }
-        }
-
-        let (token, claims) = match self.tokens.mint(&session.id, &profile, session.expires_at) {
-            Ok(minted) => minted,
-            Err(e) => {
-                self.store.release_refresh_handle(&hash).await?;
-                return Err(mint_error(e));
             }
         };
+        // The access rules, on the profile as the provider now sees it (or as stored, when the
+        // session cannot be refreshed at the provider: the rules may have changed).
+        if let Err(denied) = self.config.access.check(
+            profile.email.as_deref(),
+            profile.email_verified,
+            profile.groups.as_deref().unwrap_or_default(),
+        ) {
+            self.revoke(&session.id).await?;
+            info!(sid = %session.id, error = %denied, "access no longer allowed at refresh; session revoked");
+            return Err(denied);
+        }
+        // A profile or token too large keeps the session: once the administrator narrows the
+        // claims, the same handle works again.
+        session.profile = match self.profile_json(&profile) {
+            Ok(json) => json,
+            Err(e) => return Err(self.abandon(&session, lease.as_deref(), e).await),
+        };
+        let (token, claims) = match self.tokens.mint(&session.id, &profile, session.expires_at) {
+            Ok(minted) => minted,
+            Err(e) => return Err(self.abandon(&session, lease.as_deref(), mint_error(e)).await),
+        };
         let next = Secret::new(random_handle(HANDLE_BYTES));
-        self.store
-            .insert_refresh_handle(&sha256(next.expose().as_bytes()), &session.id, now())
-            .await?;
-        Ok(Refreshed { access_token: Secret::new(token), claims, refresh_token: next, profile })
+        let next_hash = sha256(next.expose().as_bytes());
+        let rotation = match self
+            .store
+            .rotate_refresh_handle(&hash, &next_hash, &session, lease.as_deref(), now())
+            .await
+        {
+            Ok(rotation) => rotation,
+            Err(e) => return Err(self.abandon(&session, lease.as_deref(), e.into()).await),
+        };
+        match rotation {
+            Rotation::Rotated => Ok(Refreshed {
+                access_token: Secret::new(token),
+                claims,
+                refresh_token: next,
+                profile,
+            }),
+            Rotation::HandleUsed => Err(self.reuse_detected(&session.id).await),
+            Rotation::SessionChanged => Err(AuthError::SessionEnded),
+        }
+    }
+
+    /// A used refresh handle came back: the session is revoked (RFC 9700 §4.14.2).
+    async fn reuse_detected(&self, session_id: &str) -> AuthError {
+        if let Err(e) = self.revoke(session_id).await {
+            return e;
+        }
+        warn!(sid = %session_id, "refresh handle reuse detected; session revoked");
+        AuthError::Unauthenticated(
+            "this refresh_token was already used, so the session has been revoked as a precaution (RFC 9700 section 4.14.2); sign in again".into(),
+        )
+    }
+
+    /// Refreshes at the provider: the rotated tokens go into `session` (sealed) as soon as the
+    /// provider returns them; returns the user's current profile. `invalid_grant` revokes the
+    /// session; every other failure leaves it alone.
+    async fn refresh_at_provider(
+        &self,
+        session: &mut SessionRecord,
+        stored: &Profile,
+        provider_refresh: &Secret<String>,
+    ) -> Result<Profile, AuthError> {
+        let refreshed = match self.provider.refresh(provider_refresh, &session.subject).await {
+            Ok(refreshed) => refreshed,
+            Err(ProviderError::Rejected { error, description }) if error == "invalid_grant" => {
+                self.revoke(&session.id).await?;
+                info!(sid = %session.id, "provider refused the refresh (invalid_grant); session revoked");
+                return Err(AuthError::Unauthenticated(format!(
+                    "the identity provider no longer accepts this session (invalid_grant{}); sign in again",
+                    description.map(|d| format!(": {d}")).unwrap_or_default()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tokens = &refreshed.tokens;
+        let seal = |field: &str, v: &Secret<String>| {
+            self.cipher.encrypt_secret(v, &session_context(&session.id, field))
+        };
+        session.provider_access_token = Some(seal("access", &tokens.access_token));
+        if let Some(rt) = &tokens.refresh_token {
+            session.provider_refresh_token = Some(seal("refresh", rt));
+        }
+        if let Some(id) = &tokens.id_token {
+            session.provider_id_token = Some(seal("id", id));
+        }
+        session.provider_token_expires_at = tokens.expires_at;
+        match refreshed.profile {
+            Ok(Some(mut fresh)) => {
+                fresh.sub = stored.sub.clone();
+                Ok(fresh)
+            }
+            // The provider offers neither userinfo nor a refreshed ID token.
+            Ok(None) => Ok(stored.clone()),
+            Err(e) => {
+                warn!(sid = %session.id, error = %e, "the user's profile could not be re-read after the provider refresh; no token issued");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A refresh that stops short of rotating the handle: the lease (if held) is given back
+    /// with the provider's tokens kept; returns `e`.
+    async fn abandon(
+        &self,
+        session: &SessionRecord,
+        lease: Option<&str>,
+        e: AuthError,
+    ) -> AuthError {
+        if let Some(lease) = lease {
+            self.give_back_lease(session, lease).await;
+        }
+        e
+    }
+
+    /// Ends this request's refresh lease, keeping the provider tokens now in `session`
+    /// (best effort: a lease that cannot be given back lapses by itself).
+    async fn give_back_lease(&self, session: &SessionRecord, lease: &str) {
+        if let Err(e) = self.store.end_refresh_lease(session, lease).await {
+            warn!(sid = %session.id, error = %e, "could not end the refresh lease; it lapses by itself");
+        }
+    }
+
+    /// The idle timeout, in seconds.
+    pub(crate) fn idle_timeout_secs(&self) -> i64 {
+        i64::try_from(self.config.session_idle_timeout.as_secs()).unwrap_or(i64::MAX)
     }
 
     /// Checks Logout's optional parameters against the configuration.
@@ -274,16 +359,22 @@ impl Authenticator {
             return Err(AuthError::InvalidArgument("`logout_token` is required".into()));
         }
         let target = self.provider.validate_logout_token(logout_token).await?;
-        if !self.store.remember_logout_jti(&target.jti, target.remember_until).await? {
+        let at = now();
+        let Some(ids) = self
+            .store
+            .revoke_for_logout_token(
+                &target.jti,
+                target.remember_until,
+                target.sid.as_deref(),
+                target.sub.as_deref(),
+                at,
+            )
+            .await?
+        else {
             return Err(AuthError::InvalidArgument(
                 "this logout token was already used (jti replay)".into(),
             ));
-        }
-        let at = now();
-        let ids = self
-            .store
-            .revoke_sessions_by_provider(target.sid.as_deref(), target.sub.as_deref(), at)
-            .await?;
+        };
         for id in &ids {
             self.revocations.add(id, at);
         }

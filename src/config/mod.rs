@@ -43,8 +43,11 @@ pub struct Config {
     pub tokens: TokenConfig,
     /// How long a login attempt (state, nonce, PKCE verifier) stays redeemable.
     pub attempt_ttl: Duration,
-    /// How long an authgate session lives before the user must sign in again.
-    pub session_ttl: Duration,
+    /// The longest an authgate session lives, however active (`session_max_age`; its older
+    /// name `session_ttl` is still read).
+    pub session_max_age: Duration,
+    /// A session not refreshed (or, for a browser session, not used) for this long ends.
+    pub session_idle_timeout: Duration,
     /// Key-encryption key for provider tokens and signing keys at rest (AES-256-GCM).
     pub encryption_key: EncryptionKey,
     pub log_format: LogFormat,
@@ -127,6 +130,12 @@ pub struct ProviderConfig {
     pub clock_skew: Duration,
     /// Largest response body read from the provider (discovery, JWKS, token, userinfo).
     pub max_response_bytes: usize,
+    /// How often the discovery document is re-read.
+    pub discovery_interval: Duration,
+    /// The JWKS is fetched again when its `Cache-Control` lifetime runs out, but never sooner
+    /// than this after the last fetch (an unknown `kid` from the token endpoint still
+    /// refetches at once).
+    pub jwks_min_refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +160,9 @@ pub struct TokenConfig {
     pub key_publish_ahead: Duration,
     /// How often each replica re-reads the key set.
     pub key_reload_interval: Duration,
+    /// How long after its `exp` (and before its `nbf`) a token is still accepted: the clock
+    /// difference tolerated between replicas. The same on every path that checks a token.
+    pub leeway: Duration,
     /// Most groups carried into a token (and kept in a session's profile); a user with more is
     /// refused at sign-in with a message saying so.
     pub max_groups: usize,
@@ -248,16 +260,21 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("scopes", Kind::List),
     ("provider_timeout", Kind::Scalar),
     ("clock_skew", Kind::Scalar),
+    ("provider_discovery_interval", Kind::Scalar),
+    ("provider_jwks_min_refresh_interval", Kind::Scalar),
     ("redirect_uris", Kind::List),
     ("http_callback_url", Kind::Scalar),
     ("post_login_redirect_urls", Kind::List),
     ("cors_allowed_origins", Kind::List),
     ("token_ttl", Kind::Scalar),
     ("token_audience", Kind::Scalar),
+    ("token_leeway", Kind::Scalar),
     ("signing_algorithm", Kind::Scalar),
     ("signing_key_file", Kind::Scalar),
     ("attempt_ttl", Kind::Scalar),
     ("session_ttl", Kind::Scalar),
+    ("session_max_age", Kind::Scalar),
+    ("session_idle_timeout", Kind::Scalar),
     ("encryption_key", Kind::Scalar),
     ("encryption_key_file", Kind::Scalar),
     ("log_format", Kind::Scalar),

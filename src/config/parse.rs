@@ -100,6 +100,32 @@ impl Parser {
         }
     }
 
+    /// A duration that may be zero, at most `max`.
+    pub(super) fn duration_up_to(
+        &mut self,
+        raw: &Raw,
+        key: &'static str,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        match raw.scalar(key) {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Some(d) if d <= max => d,
+                _ => {
+                    self.problem(
+                        key,
+                        format!(
+                            "`{text}` is not a duration from 0 to {}s; write e.g. `0`, `2s` or `1m`",
+                            max.as_secs()
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
     fn url(&mut self, raw: &Raw, key: &'static str) -> Option<Url> {
         let text = raw.scalar(key)?;
         match Url::parse(text) {
@@ -376,6 +402,12 @@ impl Parser {
             ),
             key_publish_ahead: self.duration(raw, "key_publish_ahead", Duration::from_secs(600)),
             key_reload_interval: self.duration(raw, "key_reload_interval", Duration::from_secs(30)),
+            leeway: self.duration_up_to(
+                raw,
+                "token_leeway",
+                Duration::from_secs(2),
+                Duration::from_secs(60),
+            ),
             max_groups: self.count(raw, "max_token_groups", 100, 0, 1_000),
         };
         if tokens.key_rotation_interval <= tokens.key_publish_ahead {
@@ -410,8 +442,33 @@ impl Parser {
             );
         }
         let clock_skew = self.duration(raw, "clock_skew", Duration::from_secs(60));
+        let provider_discovery_interval =
+            self.duration(raw, "provider_discovery_interval", Duration::from_secs(3600));
+        let provider_jwks_min_refresh_interval =
+            self.duration(raw, "provider_jwks_min_refresh_interval", Duration::from_secs(60));
         let attempt_ttl = self.duration(raw, "attempt_ttl", Duration::from_secs(600));
-        let session_ttl = self.duration(raw, "session_ttl", Duration::from_secs(24 * 3600));
+        let session_max_age = match (raw.scalar("session_max_age"), raw.scalar("session_ttl")) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "session_max_age",
+                    "set session_max_age or its older name session_ttl, not both",
+                );
+                Duration::from_secs(24 * 3600)
+            }
+            (None, Some(_)) => self.duration(raw, "session_ttl", Duration::from_secs(24 * 3600)),
+            _ => self.duration(raw, "session_max_age", Duration::from_secs(24 * 3600)),
+        };
+        let session_idle_timeout =
+            self.duration(raw, "session_idle_timeout", Duration::from_secs(8 * 3600));
+        if session_idle_timeout <= tokens.ttl {
+            self.problem(
+                "session_idle_timeout",
+                format!(
+                    "must be longer than token_ttl ({}s): a client refreshes when its token expires, so a shorter idle timeout would end every session between refreshes",
+                    tokens.ttl.as_secs()
+                ),
+            );
+        }
         let revocation_sync_interval =
             self.duration(raw, "revocation_sync_interval", Duration::from_secs(1));
         let health_check_interval =
@@ -460,6 +517,8 @@ impl Parser {
                     timeout: provider_timeout,
                     clock_skew,
                     max_response_bytes: provider_max_response_bytes,
+                    discovery_interval: provider_discovery_interval,
+                    jwks_min_refresh_interval: provider_jwks_min_refresh_interval,
                 },
                 redirect_uris,
                 http_callback_url,
@@ -470,7 +529,8 @@ impl Parser {
                 cors_allowed_origins,
                 tokens,
                 attempt_ttl,
-                session_ttl,
+                session_max_age,
+                session_idle_timeout,
                 encryption_key,
                 log_format,
                 health_check_interval,

@@ -115,3 +115,30 @@ fn durations_parse() {
     assert_eq!(parse_duration("1w"), None);
     assert_eq!(parse_duration("-5"), None);
 }
+
+#[test]
+fn session_lifetimes_and_the_token_leeway_are_settings() {
+    let config = Config::from_sources(None, &minimal()).unwrap();
+    assert_eq!(config.session_max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(config.session_idle_timeout, Duration::from_secs(8 * 3600));
+    assert_eq!(config.tokens.leeway, Duration::from_secs(2));
+    assert_eq!(config.provider.discovery_interval, Duration::from_secs(3600));
+    assert_eq!(config.provider.jwks_min_refresh_interval, Duration::from_secs(60));
+
+    let mut e = minimal();
+    e.insert("AUTHGATE_SESSION_TTL".into(), "12h".into());
+    e.insert("AUTHGATE_TOKEN_LEEWAY".into(), "0".into());
+    let config = Config::from_sources(None, &e).unwrap();
+    assert_eq!(config.session_max_age, Duration::from_secs(12 * 3600), "the older name");
+    assert_eq!(config.tokens.leeway, Duration::ZERO, "no leeway at all is allowed");
+
+    let mut e = minimal();
+    e.insert("AUTHGATE_SESSION_TTL".into(), "12h".into());
+    e.insert("AUTHGATE_SESSION_MAX_AGE".into(), "12h".into());
+    e.insert("AUTHGATE_SESSION_IDLE_TIMEOUT".into(), "10m".into());
+    e.insert("AUTHGATE_TOKEN_LEEWAY".into(), "5m".into());
+    let err = Config::from_sources(None, &e).unwrap_err();
+    let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
+    assert_eq!(settings, vec!["token_leeway", "session_max_age", "session_idle_timeout"], "{err}");
+    assert!(err.to_string().contains("longer than token_ttl"), "{err}");
+}

@@ -51,7 +51,7 @@ pub fn login_cookie(s: &HttpState, binding: Option<&Secret<String>>) -> String {
 }
 
 fn session_cookie(s: &HttpState, handle: Option<&Secret<String>>) -> String {
-    set_cookie(s, SESSION_COOKIE, handle, s.auth.config().session_ttl.as_secs())
+    set_cookie(s, SESSION_COOKIE, handle, s.auth.config().session_max_age.as_secs())
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, AuthError> {

@@ -41,6 +41,18 @@ pub struct ProviderTokens {
     pub expires_at: Option<i64>,
 }
 
+/// What refreshing at the provider yields.
+pub struct ProviderRefresh {
+    /// The new tokens (the refresh token the provider rotated to, or the old one). Store them
+    /// whatever `profile` says: the provider may already have retired the old refresh token.
+    /// `id_token` is set only when the refreshed ID token validated.
+    pub tokens: ProviderTokens,
+    /// The user as the provider sees them now: userinfo over the refreshed ID token's claims;
+    /// `Ok(None)` when the provider offers neither. An error (userinfo failed, the refreshed
+    /// ID token is invalid) means the user's current profile is unknown.
+    pub profile: Result<Option<Profile>, ProviderError>,
+}
+
 /// The claims of a validated back-channel logout token that select the sessions to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogoutTarget {
@@ -104,11 +116,13 @@ pub trait IdentityProvider: Send + Sync + 'static {
     /// A readiness probe: the discovery document answers.
     async fn check(&self) -> Result<(), ProviderError>;
 
-    /// Redeems a provider refresh token (the provider may rotate it).
+    /// Redeems a provider refresh token (the provider may rotate it), validates a refreshed
+    /// ID token (same issuer, audience and `subject`) and reads the user's current profile.
     async fn refresh(
         &self,
         refresh_token: &Secret<String>,
-    ) -> Result<ProviderTokens, ProviderError>;
+        subject: &str,
+    ) -> Result<ProviderRefresh, ProviderError>;
 
     /// Revokes a provider refresh token at the revocation endpoint (RFC 7009). `Ok` when the
     /// provider has no revocation endpoint.

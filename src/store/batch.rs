@@ -8,6 +8,12 @@
 //! carries its request has committed, and each request's result is its own (a consume still
 //! succeeds for exactly one caller). Under low load a batch is a single request, so nothing
 //! waits for a batch to fill.
+//!
+//! Isolation: a batch runs as one statement or one transaction, so when it fails nothing of it
+//! was written. If the failure may belong to one member (a duplicate key, a constraint, a
+//! trigger — anything but the database being unavailable), each member is run again alone, so
+//! every caller gets its own result and no member fails because of another. When the database
+//! is unavailable every member would fail alone too: they all get that error at once.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -35,7 +41,7 @@ impl<T, R> Clone for Batcher<T, R> {
     }
 }
 
-impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
+impl<T: Clone + Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
     /// Starts the batcher; at most `max_in_flight` batches run at once (keep it below the pool
     /// size so other queries still get connections).
     pub fn start<F>(max_in_flight: usize, run: F) -> Self
@@ -59,29 +65,35 @@ impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
                 let run = Arc::clone(&run);
                 tokio::spawn(async move {
                     let (items, waiters): (Vec<T>, Vec<Waiter<R>>) = batch.into_iter().unzip();
-                    let expected = items.len();
-                    let result = run(items).await;
-                    drop(permit);
-                    match result {
-                        Ok(results) if results.len() == expected => {
+                    let alone = (items.len() > 1).then(|| items.clone());
+                    let result = checked(run(items).await, waiters.len());
+                    match (result, alone) {
+                        (Ok(results), _) => {
                             for (waiter, r) in waiters.into_iter().zip(results) {
                                 let _ = waiter.send(Ok(r));
                             }
                         }
-                        Ok(_) => {
-                            let e = StoreError::Other(
-                                "batch returned the wrong number of results".into(),
-                            );
-                            for waiter in waiters {
-                                let _ = waiter.send(Err(e.clone()));
+                        (Err(e), Some(items)) if !matches!(e, StoreError::Unavailable(_)) => {
+                            tracing::debug!(error = %e, members = items.len(), "batch failed; running its members alone");
+                            for (item, waiter) in items.into_iter().zip(waiters) {
+                                let result =
+                                    checked(run(vec![item]).await, 1).and_then(|mut one| {
+                                        one.pop().ok_or_else(|| {
+                                            StoreError::Other(
+                                                "a batch of one returned no result".into(),
+                                            )
+                                        })
+                                    });
+                                let _ = waiter.send(result);
                             }
                         }
-                        Err(e) => {
+                        (Err(e), _) => {
                             for waiter in waiters {
                                 let _ = waiter.send(Err(e.clone()));
                             }
                         }
                     }
+                    drop(permit);
                 });
             }
         });
@@ -89,10 +101,23 @@ impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
     }
 
     /// Runs one request; returns its result once the batch carrying it has committed.
+    /// (See the module documentation for what a failing batch means for each caller.)
     pub async fn call(&self, item: T) -> Result<R, StoreError> {
         let stopped = || StoreError::Unavailable("the batch writer has stopped".into());
         let (done, wait) = oneshot::channel();
         self.tx.send((item, done)).await.map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
+    }
+}
+
+/// A batch's results, refused unless there is exactly one per request.
+fn checked<R>(result: Result<Vec<R>, StoreError>, expected: usize) -> Result<Vec<R>, StoreError> {
+    match result {
+        Ok(results) if results.len() == expected => Ok(results),
+        Ok(results) => Err(StoreError::Other(format!(
+            "a batch of {expected} returned {} results",
+            results.len()
+        ))),
+        Err(e) => Err(e),
     }
 }

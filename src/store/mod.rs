@@ -58,15 +58,28 @@ pub enum Consumed {
     NotFound,
 }
 
-/// What presenting a refresh handle found.
+/// What looking up a refresh handle found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RefreshUse {
-    /// The handle was unused and is now marked used; it belongs to this session.
+    /// The handle is unused; it belongs to this session.
     Fresh(String),
     /// The handle was already used: a replay, which revokes this session.
     Reused(String),
     /// No such handle.
     NotFound,
+}
+
+/// What rotating a refresh handle did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The old handle is used, the new one stored and the session updated — all at once.
+    Rotated,
+    /// The old handle was used meanwhile (a concurrent use of the same handle); nothing was
+    /// written.
+    HandleUsed,
+    /// The session was revoked meanwhile, or another refresh took over its lease; nothing was
+    /// written.
+    SessionChanged,
 }
 
 /// A signed-in user's session.
@@ -89,6 +102,20 @@ pub struct SessionRecord {
     pub revoked_at: Option<i64>,
     /// Server-side flow only: SHA-256 of the HttpOnly session cookie.
     pub cookie_hash: Option<Vec<u8>>,
+    /// When the session was last refreshed or used by its cookie (`None`: not since it
+    /// began); the idle timeout counts from here.
+    #[sqlx(default)]
+    pub last_used_at: Option<i64>,
+}
+
+impl SessionRecord {
+    /// Whether the session may still be used at `now`: not revoked, younger than its maximum
+    /// age, and used within `idle_timeout` seconds.
+    pub fn is_live(&self, now: i64, idle_timeout: i64) -> bool {
+        self.revoked_at.is_none()
+            && now < self.expires_at
+            && now < self.last_used_at.unwrap_or(self.created_at).saturating_add(idle_timeout)
+    }
 }
 
 impl std::fmt::Debug for SessionRecord {
@@ -355,37 +382,58 @@ impl Store {
         on_backend!(self, s => s.insert_session(session, refresh_handle_hash).await)
     }
 
-    /// Marks a refresh handle used, exactly once (see [`RefreshUse`]).
-    #[tracing::instrument(name = "db", skip_all, fields(op = "use_refresh_handle"))]
-    pub async fn use_refresh_handle(
-        &self,
-        handle_hash: &[u8],
-        now: i64,
-    ) -> Result<RefreshUse, StoreError> {
-        on_backend!(self, s => s.use_refresh_handle(handle_hash, now).await)
+    /// What a refresh handle is (see [`RefreshUse`]); changes nothing.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "find_refresh_handle"))]
+    pub async fn find_refresh_handle(&self, handle_hash: &[u8]) -> Result<RefreshUse, StoreError> {
+        on_backend!(self, s => s.find_refresh_handle(handle_hash).await)
     }
 
-    /// Un-marks a handle whose use could not complete (the provider was unreachable), so the
-    /// client can retry with it.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "release_refresh_handle"))]
-    pub async fn release_refresh_handle(&self, handle_hash: &[u8]) -> Result<(), StoreError> {
-        on_backend!(self, s => s.release_refresh_handle(handle_hash).await)
-    }
-
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_refresh_handle"))]
-    pub async fn insert_refresh_handle(
+    /// Takes the session's refresh lease (`lease`, a random token, held until `until`) unless
+    /// another holds it and it has not lapsed: one refresh at the provider at a time per
+    /// session, across replicas. `false` when someone else holds it or the session is revoked.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "acquire_refresh_lease"))]
+    pub async fn acquire_refresh_lease(
         &self,
-        handle_hash: &[u8],
         session_id: &str,
+        lease: &str,
+        until: i64,
         now: i64,
-    ) -> Result<(), StoreError> {
-        on_backend!(self, s => s.insert_refresh_handle(handle_hash, session_id, now).await)
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.acquire_refresh_lease(session_id, lease, until, now).await)
     }
 
-    /// Stores rotated provider tokens (encrypted) and the profile.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "update_session_tokens"))]
-    pub async fn update_session_tokens(&self, session: &SessionRecord) -> Result<bool, StoreError> {
-        on_backend!(self, s => s.update_session_tokens(session).await)
+    /// Gives the lease back without rotating the handle, storing the session's provider tokens
+    /// as given (the provider may have rotated its refresh token even though the refresh did
+    /// not complete). `false` if the lease was no longer held.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "end_refresh_lease"))]
+    pub async fn end_refresh_lease(
+        &self,
+        session: &SessionRecord,
+        lease: &str,
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.end_refresh_lease(session, lease).await)
+    }
+
+    /// Completes a refresh in one transaction: the old handle marked used (if it still is
+    /// unused), the new one stored, the session's profile and provider tokens updated, its
+    /// last use set and its lease (when `lease` is given, only if still held) released. Either
+    /// all of it happens or none.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "rotate_refresh_handle"))]
+    pub async fn rotate_refresh_handle(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        session: &SessionRecord,
+        lease: Option<&str>,
+        now: i64,
+    ) -> Result<Rotation, StoreError> {
+        on_backend!(self, s => s.rotate_refresh_handle(old_hash, new_hash, session, lease, now).await)
+    }
+
+    /// Records that the session was used now (the idle timeout counts from here).
+    #[tracing::instrument(name = "db", skip_all, fields(op = "touch_session"))]
+    pub async fn touch_session(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        on_backend!(self, s => s.touch_session(id, now).await)
     }
 
     /// Revokes a session; `false` if it was already revoked or does not exist.
@@ -394,16 +442,21 @@ impl Store {
         on_backend!(self, s => s.revoke_session(id, now).await)
     }
 
-    /// Revokes the live sessions with this provider session id (`sid`) or, when no `sid` is
-    /// given, with this subject. Returns the revoked session ids.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_sessions_by_provider"))]
-    pub async fn revoke_sessions_by_provider(
+    /// Back-channel logout, atomically: records the logout token's `jti` (kept until
+    /// `remember_until`) and revokes the live sessions with this provider session id (`sid`) —
+    /// and this subject, when both are given — or, with no `sid`, with this subject. Returns
+    /// the revoked session ids, or `None` when the `jti` was seen before (a replay). On error
+    /// neither happened.
+    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_for_logout_token"))]
+    pub async fn revoke_for_logout_token(
         &self,
+        jti: &str,
+        remember_until: i64,
         provider_sid: Option<&str>,
         subject: Option<&str>,
         now: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        on_backend!(self, s => s.revoke_sessions_by_provider(provider_sid, subject, now).await)
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        on_backend!(self, s => s.revoke_for_logout_token(jti, remember_until, provider_sid, subject, now).await)
     }
 
     /// Sessions revoked at or after `since`: `(id, revoked_at)`.
@@ -418,21 +471,17 @@ impl Store {
         on_backend!(self, s => s.revoked_since(since, limit).await)
     }
 
-    /// Records a back-channel logout token's `jti`; `false` if it was seen before (a replay).
-    #[tracing::instrument(name = "db", skip_all, fields(op = "remember_logout_jti"))]
-    pub async fn remember_logout_jti(
-        &self,
-        jti: &str,
-        expires_at: i64,
-    ) -> Result<bool, StoreError> {
-        on_backend!(self, s => s.remember_logout_jti(jti, expires_at).await)
-    }
-
-    /// Deletes what can no longer matter: sessions ended more than `grace` seconds ago (with
-    /// their refresh handles) and expired logout `jti`s. Returns the number of sessions deleted.
+    /// Deletes what can no longer matter: sessions ended more than `grace` seconds ago —
+    /// expired, revoked, or idle for longer than `idle` seconds — with their refresh handles,
+    /// and expired logout `jti`s. Returns the number of sessions deleted.
     #[tracing::instrument(name = "db", skip_all, fields(op = "sweep_ended_sessions"))]
-    pub async fn sweep_ended_sessions(&self, now: i64, grace: i64) -> Result<u64, StoreError> {
-        on_backend!(self, s => s.sweep_ended_sessions(now, grace).await)
+    pub async fn sweep_ended_sessions(
+        &self,
+        now: i64,
+        grace: i64,
+        idle: i64,
+    ) -> Result<u64, StoreError> {
+        on_backend!(self, s => s.sweep_ended_sessions(now, grace, idle).await)
     }
 
     #[tracing::instrument(name = "db", skip_all, fields(op = "delete_signing_key"))]

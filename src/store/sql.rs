@@ -2,11 +2,18 @@
 //! both accept `$n` placeholders, `RETURNING`, and the column types used here (BIGINT/INTEGER as
 //! `i64`, BYTEA/BLOB as `Vec<u8>`, TEXT as `String`), so one macro body serves both.
 
-use super::{Consumed, LoginAttempt, RefreshUse, SessionRecord, StoreError, StoredSigningKey};
+use super::{
+    Consumed, LoginAttempt, RefreshUse, Rotation, SessionRecord, StoreError, StoredSigningKey,
+};
 
+/// The columns a new session is inserted with.
 const SESSION_COLUMNS: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
      provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at, \
      cookie_hash";
+/// The columns a [`SessionRecord`] is read from.
+const SESSION_SELECT: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
+     provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at, \
+     cookie_hash, last_used_at";
 
 macro_rules! sql_store {
     ($name:ident, $db:ty, $migrations:literal) => {
@@ -92,63 +99,54 @@ macro_rules! sql_store {
                     .await?)
             }
 
-            pub async fn use_refresh_handle(
-                &self,
-                handle_hash: &[u8],
-                now: i64,
-            ) -> Result<RefreshUse, StoreError> {
-                let fresh: Option<String> = sqlx::query_scalar(
-                    "UPDATE refresh_handles SET used_at = $2 \
-                     WHERE handle_hash = $1 AND used_at IS NULL RETURNING session_id",
+            pub async fn find_refresh_handle(&self, handle_hash: &[u8]) -> Result<RefreshUse, StoreError> {
+                let row: Option<(String, Option<i64>)> = sqlx::query_as(
+                    "SELECT session_id, used_at FROM refresh_handles WHERE handle_hash = $1",
                 )
                 .bind(handle_hash)
-                .bind(now)
                 .fetch_optional(&self.pool)
                 .await?;
-                if let Some(session_id) = fresh {
-                    return Ok(RefreshUse::Fresh(session_id));
-                }
-                let used: Option<String> =
-                    sqlx::query_scalar("SELECT session_id FROM refresh_handles WHERE handle_hash = $1")
-                        .bind(handle_hash)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(used.map_or(RefreshUse::NotFound, RefreshUse::Reused))
+                Ok(match row {
+                    None => RefreshUse::NotFound,
+                    Some((id, None)) => RefreshUse::Fresh(id),
+                    Some((id, Some(_))) => RefreshUse::Reused(id),
+                })
             }
 
-            pub async fn release_refresh_handle(&self, handle_hash: &[u8]) -> Result<(), StoreError> {
-                sqlx::query("UPDATE refresh_handles SET used_at = NULL WHERE handle_hash = $1")
-                    .bind(handle_hash)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            pub async fn insert_refresh_handle(
+            pub async fn acquire_refresh_lease(
                 &self,
-                handle_hash: &[u8],
                 session_id: &str,
+                lease: &str,
+                until: i64,
                 now: i64,
-            ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET refresh_lease = $2, refresh_lease_until = $3 \
+                     WHERE id = $1 AND revoked_at IS NULL \
+                     AND (refresh_lease_until IS NULL OR refresh_lease_until < $4)",
                 )
-                .bind(handle_hash)
                 .bind(session_id)
+                .bind(lease)
+                .bind(until)
                 .bind(now)
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
-            pub async fn update_session_tokens(&self, s: &SessionRecord) -> Result<bool, StoreError> {
+            pub async fn end_refresh_lease(
+                &self,
+                s: &SessionRecord,
+                lease: &str,
+            ) -> Result<bool, StoreError> {
                 let done = sqlx::query(
-                    "UPDATE sessions SET profile = $2, provider_access_token = $3, \
-                     provider_refresh_token = $4, provider_id_token = $5, \
-                     provider_token_expires_at = $6 WHERE id = $1 AND revoked_at IS NULL",
+                    "UPDATE sessions SET provider_access_token = $3, provider_refresh_token = $4, \
+                     provider_id_token = $5, provider_token_expires_at = $6, \
+                     refresh_lease = NULL, refresh_lease_until = NULL \
+                     WHERE id = $1 AND refresh_lease = $2",
                 )
                 .bind(&s.id)
-                .bind(&s.profile)
+                .bind(lease)
                 .bind(&s.provider_access_token)
                 .bind(&s.provider_refresh_token)
                 .bind(&s.provider_id_token)
@@ -156,6 +154,70 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn rotate_refresh_handle(
+                &self,
+                old_hash: &[u8],
+                new_hash: &[u8],
+                s: &SessionRecord,
+                lease: Option<&str>,
+                now: i64,
+            ) -> Result<Rotation, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let used = sqlx::query(
+                    "UPDATE refresh_handles SET used_at = $2 \
+                     WHERE handle_hash = $1 AND used_at IS NULL",
+                )
+                .bind(old_hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if used.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(Rotation::HandleUsed);
+                }
+                sqlx::query(
+                    "INSERT INTO refresh_handles (handle_hash, session_id, created_at) VALUES ($1, $2, $3)",
+                )
+                .bind(new_hash)
+                .bind(&s.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let updated = sqlx::query(
+                    "UPDATE sessions SET profile = $3, provider_access_token = $4, \
+                     provider_refresh_token = $5, provider_id_token = $6, \
+                     provider_token_expires_at = $7, last_used_at = $8, \
+                     refresh_lease = NULL, refresh_lease_until = NULL \
+                     WHERE id = $1 AND revoked_at IS NULL \
+                     AND ($2 IS NULL OR refresh_lease = $2)",
+                )
+                .bind(&s.id)
+                .bind(lease)
+                .bind(&s.profile)
+                .bind(&s.provider_access_token)
+                .bind(&s.provider_refresh_token)
+                .bind(&s.provider_id_token)
+                .bind(s.provider_token_expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(Rotation::SessionChanged);
+                }
+                tx.commit().await?;
+                Ok(Rotation::Rotated)
+            }
+
+            pub async fn touch_session(&self, id: &str, now: i64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
@@ -169,12 +231,31 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            pub async fn revoke_sessions_by_provider(
+            pub async fn revoke_for_logout_token(
                 &self,
+                jti: &str,
+                remember_until: i64,
                 provider_sid: Option<&str>,
                 subject: Option<&str>,
                 now: i64,
-            ) -> Result<Vec<String>, StoreError> {
+            ) -> Result<Option<Vec<String>>, StoreError> {
+                // One transaction: the `jti` is remembered exactly when the revocation commits,
+                // so a provider retrying after a failure is not taken for a replay. A second
+                // delivery racing the first waits on the `jti` key and then sees it.
+                let mut tx = self.pool.begin().await?;
+                let first = sqlx::query(
+                    "INSERT INTO logout_token_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(remember_until)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !first {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
                 let query = match (provider_sid, subject) {
                     (Some(sid), Some(sub)) => sqlx::query_scalar(
                         "UPDATE sessions SET revoked_at = $3 WHERE provider_sid = $1 AND subject = $2 \
@@ -194,9 +275,11 @@ macro_rules! sql_store {
                     )
                     .bind(sub)
                     .bind(None::<String>),
-                    (None, None) => return Ok(Vec::new()),
+                    (None, None) => return Ok(Some(Vec::new())),
                 };
-                Ok(query.bind(now).fetch_all(&self.pool).await?)
+                let revoked = query.bind(now).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Some(revoked))
             }
 
             pub async fn revoked_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64)>, StoreError> {
@@ -210,29 +293,21 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            pub async fn remember_logout_jti(&self, jti: &str, expires_at: i64) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO logout_token_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-                )
-                .bind(jti)
-                .bind(expires_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            pub async fn sweep_ended_sessions(&self, now: i64, grace: i64) -> Result<u64, StoreError> {
+            pub async fn sweep_ended_sessions(&self, now: i64, grace: i64, idle: i64) -> Result<u64, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let cutoff = now - grace;
-                sqlx::query(
-                    "DELETE FROM refresh_handles WHERE session_id IN \
-                     (SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1)",
-                )
+                const ENDED: &str = "expires_at < $1 OR revoked_at < $1 \
+                     OR COALESCE(last_used_at, created_at) + $2 < $1";
+                sqlx::query(&format!(
+                    "DELETE FROM refresh_handles WHERE session_id IN (SELECT id FROM sessions WHERE {ENDED})"
+                ))
                 .bind(cutoff)
+                .bind(idle)
                 .execute(&mut *tx)
                 .await?;
-                let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+                let done = sqlx::query(&format!("DELETE FROM sessions WHERE {ENDED}"))
                     .bind(cutoff)
+                    .bind(idle)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query("DELETE FROM logout_token_jtis WHERE expires_at < $1")
@@ -252,7 +327,7 @@ macro_rules! sql_store {
             }
 
             pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+                Ok(sqlx::query_as(&format!("SELECT {SESSION_SELECT} FROM sessions WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?)
@@ -262,7 +337,7 @@ macro_rules! sql_store {
                 &self,
                 cookie_hash: &[u8],
             ) -> Result<Option<SessionRecord>, StoreError> {
-                Ok(sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE cookie_hash = $1"))
+                Ok(sqlx::query_as(&format!("SELECT {SESSION_SELECT} FROM sessions WHERE cookie_hash = $1"))
                     .bind(cookie_hash)
                     .fetch_optional(&self.pool)
                     .await?)
@@ -364,59 +439,54 @@ impl PgStore {
         Ok(())
     }
 
-    /// Consumes several attempts with one statement: each request gets the attempt it deleted,
-    /// and a request that deleted nothing learns whether the state exists (wrong binding) or
-    /// not. Two requests for the same state in one batch: the first gets it.
+    /// Consumes several attempts with one statement (all or nothing): each request gets the
+    /// attempt it deleted, and a request that deleted nothing learns whether its state exists
+    /// (wrong binding) or not. Two requests for the same state in one batch: the first gets it.
     pub async fn consume_attempts(
         &self,
         requests: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<Vec<Consumed>, StoreError> {
         let states: Vec<Vec<u8>> = requests.iter().map(|(s, _)| s.clone()).collect();
         let bindings: Vec<Vec<u8>> = requests.iter().map(|(_, b)| b.clone()).collect();
-        let mut deleted: Vec<LoginAttempt> = sqlx::query_as(
-            "WITH req AS (SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) AS r(state_hash, binding_hash)) \
-             DELETE FROM login_attempts a USING req \
+        // The deleted rows, then the states that exist and were not deleted (the second part
+        // reads the statement's snapshot, taken before the delete).
+        let rows: Vec<ConsumeRow> = sqlx::query_as(
+            "WITH req AS (SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) AS r(state_hash, binding_hash)), \
+             del AS (DELETE FROM login_attempts a USING req \
              WHERE a.state_hash = req.state_hash AND a.binding_hash = req.binding_hash \
              RETURNING a.state_hash, a.binding_hash, a.nonce, a.pkce_verifier, a.redirect_uri, \
-             a.return_to, a.created_at, a.expires_at",
+             a.return_to, a.created_at, a.expires_at) \
+             SELECT state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, \
+             created_at, expires_at FROM del \
+             UNION ALL \
+             SELECT a.state_hash, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM login_attempts a \
+             WHERE a.state_hash = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM del WHERE del.state_hash = a.state_hash)",
         )
         .bind(&states)
         .bind(&bindings)
         .fetch_all(&self.pool)
         .await?;
-        let mut results: Vec<Option<Consumed>> = requests
-            .iter()
-            .map(|(state, binding)| {
-                deleted
-                    .iter()
-                    .position(|a| &a.state_hash == state && &a.binding_hash == binding)
-                    .map(|i| Consumed::Attempt(deleted.swap_remove(i)))
-            })
-            .collect();
-        let misses: Vec<Vec<u8>> = requests
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_none())
-            .map(|((state, _), _)| state.clone())
-            .collect();
-        if !misses.is_empty() {
-            let existing: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT state_hash FROM login_attempts WHERE state_hash = ANY($1)",
-            )
-            .bind(&misses)
-            .fetch_all(&self.pool)
-            .await?;
-            for ((state, _), r) in requests.iter().zip(results.iter_mut()) {
-                if r.is_none() {
-                    *r = Some(if existing.contains(state) {
-                        Consumed::WrongBinding
-                    } else {
-                        Consumed::NotFound
-                    });
-                }
+        let (mut deleted, mut existing) = (Vec::new(), Vec::new());
+        for row in rows {
+            match row.into_attempt() {
+                Ok(attempt) => deleted.push(attempt),
+                Err(state) => existing.push(state),
             }
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Consumed::NotFound)).collect())
+        Ok(requests
+            .iter()
+            .map(|(state, binding)| {
+                match deleted
+                    .iter()
+                    .position(|a| &a.state_hash == state && &a.binding_hash == binding)
+                {
+                    Some(i) => Consumed::Attempt(deleted.swap_remove(i)),
+                    None if existing.contains(state) => Consumed::WrongBinding,
+                    None => Consumed::NotFound,
+                }
+            })
+            .collect())
     }
 
     /// Several sessions and their first refresh handles in one statement (atomic).
@@ -493,16 +563,83 @@ impl PgStore {
     }
 }
 
+/// A row of [`PgStore::consume_attempts`]: a deleted attempt, or (binding and the rest null) a
+/// state that exists but was not deleted.
+#[derive(sqlx::FromRow)]
+struct ConsumeRow {
+    state_hash: Vec<u8>,
+    binding_hash: Option<Vec<u8>>,
+    nonce: Option<String>,
+    pkce_verifier: Option<String>,
+    redirect_uri: Option<String>,
+    return_to: Option<String>,
+    created_at: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+impl ConsumeRow {
+    fn into_attempt(self) -> Result<LoginAttempt, Vec<u8>> {
+        match (
+            self.binding_hash,
+            self.nonce,
+            self.pkce_verifier,
+            self.redirect_uri,
+            self.created_at,
+            self.expires_at,
+        ) {
+            (
+                Some(binding_hash),
+                Some(nonce),
+                Some(pkce_verifier),
+                Some(redirect_uri),
+                Some(created_at),
+                Some(expires_at),
+            ) => Ok(LoginAttempt {
+                state_hash: self.state_hash,
+                binding_hash,
+                nonce,
+                pkce_verifier,
+                redirect_uri,
+                return_to: self.return_to,
+                created_at,
+                expires_at,
+            }),
+            _ => Err(self.state_hash),
+        }
+    }
+}
+
 impl SqliteStore {
-    /// One by one: SQLite serialises writes anyway.
+    /// One by one (SQLite serialises writes anyway), in one transaction: all or nothing.
     pub async fn consume_attempts(
         &self,
         requests: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<Vec<Consumed>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(requests.len());
         for (state, binding) in requests {
-            results.push(self.consume_attempt(state, binding).await?);
+            let row: Option<LoginAttempt> = sqlx::query_as(
+                "DELETE FROM login_attempts WHERE state_hash = $1 AND binding_hash = $2 \
+                 RETURNING state_hash, binding_hash, nonce, pkce_verifier, redirect_uri, return_to, created_at, expires_at",
+            )
+            .bind(state)
+            .bind(binding)
+            .fetch_optional(&mut *tx)
+            .await?;
+            results.push(match row {
+                Some(attempt) => Consumed::Attempt(attempt),
+                None => {
+                    let exists: Option<i64> = sqlx::query_scalar(
+                        "SELECT expires_at FROM login_attempts WHERE state_hash = $1",
+                    )
+                    .bind(state)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if exists.is_some() { Consumed::WrongBinding } else { Consumed::NotFound }
+                }
+            });
         }
+        tx.commit().await?;
         Ok(results)
     }
 

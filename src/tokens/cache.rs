@@ -5,7 +5,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use super::{Claims, LEEWAY_SECS, TokenRejection};
+use super::{Claims, TokenRejection};
 
 /// A cache of verified tokens, keyed by the SHA-256 of the whole token, so ValidateToken pays
 /// for a signature check once per token rather than once per call. Bounded in entries and in
@@ -15,6 +15,13 @@ use super::{Claims, LEEWAY_SECS, TokenRejection};
 /// check is never cached.
 pub(super) struct VerifiedCache {
     shards: Vec<Mutex<CacheShard>>,
+    /// The `exp` leeway, exactly as [`super::TokenIssuer::verify`] applies it.
+    leeway_secs: i64,
+}
+
+/// Whether a token with this `exp` is refused at `now` (the rule of `verify`).
+fn expired(exp: i64, now: i64, leeway_secs: i64) -> bool {
+    now >= exp + leeway_secs
 }
 
 #[derive(Default)]
@@ -24,8 +31,8 @@ struct CacheShard {
 }
 
 impl CacheShard {
-    fn retain_live(&mut self, now: i64) {
-        self.entries.retain(|_, (c, _)| c.exp + LEEWAY_SECS as i64 >= now);
+    fn retain_live(&mut self, now: i64, leeway_secs: i64) {
+        self.entries.retain(|_, (c, _)| !expired(c.exp, now, leeway_secs));
         self.bytes = self.entries.values().map(|(_, cost)| cost).sum();
     }
 }
@@ -40,8 +47,8 @@ const CACHE_SHARD_BYTES: usize = 2 * 1024 * 1024;
 const CACHE_ENTRY_OVERHEAD: usize = 256;
 
 impl VerifiedCache {
-    pub(super) fn new() -> Self {
-        Self { shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect() }
+    pub(super) fn new(leeway_secs: i64) -> Self {
+        Self { shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(), leeway_secs }
     }
 
     fn shard(&self, key: &[u8; 32]) -> MutexGuard<'_, CacheShard> {
@@ -56,7 +63,7 @@ impl VerifiedCache {
     ) -> Option<Result<Arc<Claims>, TokenRejection>> {
         let mut shard = self.shard(key);
         let (claims, cost) = shard.entries.get(key)?;
-        if claims.exp + (LEEWAY_SECS as i64) < now {
+        if expired(claims.exp, now, self.leeway_secs) {
             let cost = *cost;
             shard.entries.remove(key);
             shard.bytes -= cost;
@@ -72,7 +79,7 @@ impl VerifiedCache {
             s.entries.len() >= CACHE_SHARD_CAPACITY || s.bytes + cost > CACHE_SHARD_BYTES
         };
         if full(&shard) {
-            shard.retain_live(now);
+            shard.retain_live(now, self.leeway_secs);
             if full(&shard) {
                 shard.entries.clear();
                 shard.bytes = 0;
@@ -86,7 +93,7 @@ impl VerifiedCache {
 
     pub(super) fn purge_expired(&self, now: i64) {
         for shard in &self.shards {
-            shard.lock().unwrap_or_else(|e| e.into_inner()).retain_live(now);
+            shard.lock().unwrap_or_else(|e| e.into_inner()).retain_live(now, self.leeway_secs);
         }
     }
 
@@ -110,6 +117,8 @@ impl VerifiedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LEEWAY: i64 = 2;
 
     fn claims(exp: i64, groups: usize) -> Arc<Claims> {
         Arc::new(Claims {
@@ -138,12 +147,16 @@ mod tests {
 
     #[test]
     fn an_expired_entry_is_dropped_when_looked_up_and_by_a_purge() {
-        let cache = VerifiedCache::new();
+        let cache = VerifiedCache::new(LEEWAY);
         let now = 1_000_000;
         cache.insert(key(0, 1), claims(now + 60, 0), 500, now);
         cache.insert(key(0, 2), claims(now + 60, 0), 500, now);
         assert!(matches!(cache.get(&key(0, 1), now), Some(Ok(_))));
-        let later = now + 60 + LEEWAY_SECS as i64 + 1;
+        assert!(
+            matches!(cache.get(&key(0, 1), now + 60 + LEEWAY - 1), Some(Ok(_))),
+            "accepted until exp + leeway"
+        );
+        let later = now + 60 + LEEWAY;
         assert_eq!(
             cache.get(&key(0, 1), later).map(|r| r.err()),
             Some(Some(TokenRejection::Expired))
@@ -156,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_shard_stays_within_its_byte_and_entry_budgets() {
-        let cache = VerifiedCache::new();
+        let cache = VerifiedCache::new(LEEWAY);
         let now = 1_000_000;
         // Large tokens: the byte budget binds long before the entry budget.
         for n in 0..2_000 {

@@ -17,7 +17,7 @@ use ring::{
     signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey},
 };
 
-use super::{KeyError, LEEWAY_SECS};
+use super::KeyError;
 use crate::{config::SigningAlgorithm, crypto::Cipher, store::StoredSigningKey};
 
 /// The private half, parsed once.
@@ -118,6 +118,11 @@ impl KeyRing {
         self.by_kid.get(kid)
     }
 
+    /// Whether some key of this ring is missing from `next` (removed, not just added).
+    pub(super) fn loses_keys_in(&self, next: &KeyRing) -> bool {
+        self.by_kid.keys().any(|kid| next.get(kid).is_none())
+    }
+
     /// When each key stopped signing: the activation of the next key that has activated.
     pub(super) fn retired_at(&self, index: usize, now: i64) -> Option<i64> {
         self.keys[index + 1..]
@@ -127,13 +132,11 @@ impl KeyRing {
             .or(self.keys[index].retires_at)
     }
 
-    /// Keys that no token can still need: retired longer ago than a token lives.
-    pub(super) fn expired(&self, now: i64, token_ttl: i64) -> Vec<String> {
+    /// Keys that no token can still need: retired longer ago than a token lives (its lifetime
+    /// plus the `exp` leeway, and a minute more).
+    pub(super) fn expired(&self, now: i64, token_lifetime: i64) -> Vec<String> {
         (0..self.keys.len())
-            .filter(|&i| {
-                self.retired_at(i, now)
-                    .is_some_and(|r| r + token_ttl + LEEWAY_SECS as i64 + 60 < now)
-            })
+            .filter(|&i| self.retired_at(i, now).is_some_and(|r| r + token_lifetime + 60 < now))
             .map(|i| self.keys[i].kid.clone())
             .collect()
     }

@@ -123,15 +123,15 @@ pub struct TokenIssuer {
     rotation_interval_secs: i64,
     publish_ahead_secs: i64,
     cache: VerifiedCache,
+    /// Seconds a token is still accepted after its `exp` (and before its `nbf`): the clock
+    /// difference tolerated between replicas (`token_leeway`).
+    leeway_secs: i64,
     /// When the key set was last re-read because of an unknown `kid` (rate limit).
     last_forced_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// At most one forced key reload per this interval, however many unknown `kid`s arrive.
 const FORCED_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Tolerated clock difference between replicas for `exp`/`nbf`.
-const LEEWAY_SECS: u64 = 10;
 
 impl TokenIssuer {
     /// Loads the keys: from `key_file` if configured, else from the database (generating the
@@ -151,7 +151,8 @@ impl TokenIssuer {
             store: None,
             rotation_interval_secs: config.key_rotation_interval.as_secs() as i64,
             publish_ahead_secs: config.key_publish_ahead.as_secs() as i64,
-            cache: VerifiedCache::new(),
+            cache: VerifiedCache::new(config.leeway.as_secs() as i64),
+            leeway_secs: config.leeway.as_secs() as i64,
             last_forced_reload: tokio::sync::Mutex::new(None),
         };
         match &config.key_file {
@@ -197,7 +198,8 @@ impl TokenIssuer {
             store: None,
             rotation_interval_secs: i64::MAX / 4,
             publish_ahead_secs: 0,
-            cache: VerifiedCache::new(),
+            cache: VerifiedCache::new(0),
+            leeway_secs: 0,
             last_forced_reload: tokio::sync::Mutex::new(None),
         })
     }
@@ -212,7 +214,15 @@ impl TokenIssuer {
         for k in stored {
             keys.push(Arc::new(key_from_store(&k, cipher)?));
         }
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeyRing::new(keys));
+        let next = Arc::new(KeyRing::new(keys));
+        let previous =
+            std::mem::replace(&mut *self.ring.write().unwrap_or_else(|e| e.into_inner()), next);
+        // A removed key must stop verifying at once: forget every verification that may rest
+        // on it (the cache does not record the kid; removals are rare).
+        if previous.loses_keys_in(&self.ring()) {
+            self.cache.clear();
+            info!("a signing key was removed; verified-token cache cleared");
+        }
         Ok(())
     }
 
@@ -247,14 +257,19 @@ impl TokenIssuer {
         let due = ring.newest().is_none_or(|k| {
             k.activates_at + self.rotation_interval_secs <= now + self.publish_ahead_secs
         });
-        if due {
+        if ring.signing_key(now).is_none() {
+            // Nothing may sign (every key was removed): a key that signs at once, rather than
+            // no logins until a key published ahead activates. Other replicas pick it up on
+            // their next reload, or at once on its unknown `kid`.
+            self.add_key(now).await?;
+        } else if due {
             let activates_at = ring
                 .newest()
                 .map_or(now, |k| k.activates_at + self.rotation_interval_secs)
                 .max(now + self.publish_ahead_secs);
             self.add_key(activates_at).await?;
         }
-        for kid in ring.expired(now, self.ttl_secs) {
+        for kid in ring.expired(now, self.ttl_secs + self.leeway_secs) {
             store.delete_signing_key(&kid).await?;
             info!(%kid, "retired signing key deleted");
         }
@@ -411,12 +426,13 @@ impl TokenIssuer {
         if claims.aud != self.audience {
             return Err(TokenRejection::WrongAudience);
         }
+        // RFC 7519 §4.1.4-5: refused from `exp` on, accepted from `nbf` on, each widened by
+        // the leeway.
         let now = now();
-        let leeway = LEEWAY_SECS as i64;
-        if claims.exp + leeway < now {
+        if now >= claims.exp + self.leeway_secs {
             return Err(TokenRejection::Expired);
         }
-        if claims.nbf - leeway > now {
+        if now + self.leeway_secs < claims.nbf {
             return Err(TokenRejection::NotYetValid);
         }
         Ok(claims)

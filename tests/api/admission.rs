@@ -88,20 +88,38 @@ async fn a_flood_from_one_address_is_limited_while_another_is_served() {
         }
     }
     assert!(served >= 10 && limited >= 40, "served {served}, limited {limited}");
-    // Callbacks count too: the attempt is not even looked at.
-    let err = flooder
-        .exchange_code(ExchangeCodeRequest {
-            code: "c".into(),
-            state: "s".into(),
-            binding: "b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Callbacks count too: the attempt is not even looked at. (On a loaded machine the bucket
+    // may have refilled by one since the flood: the next call then takes that token.)
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let err = flooder
+            .exchange_code(ExchangeCodeRequest {
+                code: "c".into(),
+                state: "s".into(),
+                binding: "b".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        codes.push(err.code());
+        if err.code() == Code::ResourceExhausted {
+            break;
+        }
+    }
+    assert_eq!(codes.last(), Some(&Code::ResourceExhausted), "{codes:?}");
     // So does the JSON flow, with 429 and Retry-After.
-    let http =
+    let mut http =
         http_from("127.0.0.2").get(format!("{}/api/login", app.base_url())).send().await.unwrap();
+    for _ in 0..2 {
+        if http.status() == 429 {
+            break;
+        }
+        http = http_from("127.0.0.2")
+            .get(format!("{}/api/login", app.base_url()))
+            .send()
+            .await
+            .unwrap();
+    }
     assert_eq!(http.status(), 429);
     assert!(http.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     let body: Value = http.json().await.unwrap();

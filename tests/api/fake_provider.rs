@@ -1,6 +1,8 @@
 //! A fake OpenID provider, for what a real provider cannot show: malicious or broken ID tokens,
-//! error answers, slowness and outages. It serves discovery, a JWKS, a token endpoint that
-//! answers whatever the test set up, and userinfo. It runs on its own runtime in its own thread,
+//! error answers, slowness and outages, abrupt key rotation. It serves discovery, a JWKS (with
+//! the `Cache-Control` the test sets), a token endpoint that answers whatever the test set up
+//! — for codes and refresh tokens alike, always with a fresh refresh token — and userinfo
+//! (or the error the test sets). It runs on its own runtime in its own thread,
 //! so [`FakeProvider::stop`] really closes every connection.
 
 use std::{
@@ -38,8 +40,12 @@ pub enum Signing {
 pub enum TokenAnswer {
     /// An ID token with these claims, signed as given.
     IdToken { claims: Value, signing: Signing },
+    /// Tokens without an ID token (what many providers answer to a refresh).
+    NoIdToken,
     /// An OAuth error response.
     Error { status: u16, body: Value },
+    /// A response that is not JSON at all (a proxy's error page).
+    Garbage { status: u16 },
 }
 
 /// A recorded token request.
@@ -57,15 +63,22 @@ struct Key {
 
 struct FakeState {
     issuer: String,
-    published: Key,
+    /// The signing key: the JWKS publishes it alone; `rotate_keys` replaces it.
+    published: Mutex<Arc<Key>>,
+    /// A key never published.
     unpublished: Key,
-    /// After `rotate_keys`, the JWKS publishes the second key instead of the first.
-    rotated: std::sync::atomic::AtomicBool,
     jwks_fetches: std::sync::atomic::AtomicUsize,
+    discovery_fetches: std::sync::atomic::AtomicUsize,
+    /// The JWKS response's `Cache-Control`, when set.
+    jwks_cache_control: Mutex<Option<String>>,
     answer: Mutex<Option<TokenAnswer>>,
+    /// ID tokens answered for particular codes, before `answer`.
+    by_code: Mutex<BTreeMap<String, String>>,
     token_delay: Mutex<Option<Duration>>,
     last_token_request: Mutex<Option<TokenRequest>>,
+    token_requests: Mutex<Vec<TokenRequest>>,
     userinfo: Mutex<Value>,
+    userinfo_status: Mutex<u16>,
 }
 
 pub struct FakeProvider {
@@ -91,13 +104,17 @@ impl FakeProvider {
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(FakeState {
             issuer: issuer.clone(),
-            published: es256_key("fake-key-1"),
-            unpublished: es256_key("fake-key-2"),
-            rotated: Default::default(),
+            published: Mutex::new(Arc::new(es256_key("fake-key-1"))),
+            unpublished: es256_key("fake-key-unpublished"),
             jwks_fetches: Default::default(),
+            discovery_fetches: Default::default(),
+            jwks_cache_control: Mutex::new(None),
             answer: Mutex::new(None),
+            by_code: Mutex::new(Default::default()),
             token_delay: Mutex::new(None),
             last_token_request: Mutex::new(None),
+            token_requests: Mutex::new(Vec::new()),
+            userinfo_status: Mutex::new(200),
             userinfo: Mutex::new(json!({
                 "sub": "fake-user-1",
                 "email": "mallory@example.com",
@@ -154,10 +171,11 @@ impl FakeProvider {
         })
     }
 
-    /// The provider rotates its signing key: the JWKS now publishes only the second key, and
-    /// `Signing::Unpublished` tokens become the validly signed ones.
+    /// The provider rotates its signing key abruptly: a new key signs from now on and the
+    /// JWKS publishes only it (the old one is gone at once, the worst case).
     pub fn rotate_keys(&self) {
-        self.state.rotated.store(true, std::sync::atomic::Ordering::SeqCst);
+        let kid = format!("fake-key-{}", rand::random::<u32>());
+        *self.state.published.lock().unwrap() = Arc::new(es256_key(&kid));
     }
 
     /// How many times the JWKS was fetched.
@@ -165,12 +183,35 @@ impl FakeProvider {
         self.state.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// How many times the discovery document was fetched.
+    pub fn discovery_fetches(&self) -> usize {
+        self.state.discovery_fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The JWKS response carries this `Cache-Control` from now on.
+    pub fn set_jwks_cache_control(&self, value: &str) {
+        *self.state.jwks_cache_control.lock().unwrap() = Some(value.to_string());
+    }
+
     /// A back-channel logout token with these claims, signed with the published key.
     pub fn logout_token(&self, claims: &Value) -> String {
+        self.logout_token_typed(claims, Some("logout+jwt"))
+    }
+
+    /// [`Self::logout_token`] with this `typ` header (or none).
+    pub fn logout_token_typed(&self, claims: &Value, typ: Option<&str>) -> String {
+        let key = Arc::clone(&self.state.published.lock().unwrap());
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.state.published.kid.clone());
-        header.typ = Some("logout+jwt".into());
-        jsonwebtoken::encode(&header, claims, &self.state.published.encoding).unwrap()
+        header.kid = Some(key.kid.clone());
+        header.typ = typ.map(String::from);
+        jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+    }
+
+    /// A logout token signed with a key the JWKS does not hold.
+    pub fn logout_token_unpublished(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.state.unpublished.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.state.unpublished.encoding).unwrap()
     }
 
     /// Claims of a valid logout token for this client and provider session.
@@ -200,6 +241,16 @@ impl FakeProvider {
         });
     }
 
+    /// An ID token with these claims, signed with the current key.
+    pub fn id_token(&self, claims: &Value) -> String {
+        sign(&self.state, claims, Signing::Published)
+    }
+
+    /// A code exchange with this code is answered with this ID token.
+    pub fn answer_for_code(&self, code: &str, id_token: String) {
+        self.state.by_code.lock().unwrap().insert(code.to_string(), id_token);
+    }
+
     pub fn delay_token(&self, delay: Duration) {
         *self.state.token_delay.lock().unwrap() = Some(delay);
     }
@@ -208,8 +259,22 @@ impl FakeProvider {
         self.state.last_token_request.lock().unwrap().clone()
     }
 
+    /// Every token request so far with this `grant_type`.
+    pub fn token_requests(&self, grant_type: &str) -> Vec<TokenRequest> {
+        let all = self.state.token_requests.lock().unwrap();
+        all.iter()
+            .filter(|r| r.form.get("grant_type").map(String::as_str) == Some(grant_type))
+            .cloned()
+            .collect()
+    }
+
     pub fn set_userinfo(&self, value: Value) {
         *self.state.userinfo.lock().unwrap() = value;
+    }
+
+    /// Userinfo answers this HTTP status (200: the set profile; else an error).
+    pub fn set_userinfo_status(&self, status: u16) {
+        *self.state.userinfo_status.lock().unwrap() = status;
     }
 }
 
@@ -222,6 +287,7 @@ impl Drop for FakeProvider {
 }
 
 async fn discovery(State(s): State<Arc<FakeState>>) -> Json<Value> {
+    s.discovery_fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Json(json!({
         "issuer": s.issuer,
         "authorization_endpoint": format!("{}/authorize", s.issuer),
@@ -236,18 +302,22 @@ async fn discovery(State(s): State<Arc<FakeState>>) -> Json<Value> {
     }))
 }
 
-async fn jwks(State(s): State<Arc<FakeState>>) -> Json<Value> {
-    use std::sync::atomic::Ordering;
-    s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    let key = if s.rotated.load(Ordering::SeqCst) { &s.unpublished } else { &s.published };
-    Json(json!({ "keys": [key.jwk] }))
+async fn jwks(State(s): State<Arc<FakeState>>) -> Response {
+    s.jwks_fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let key = Arc::clone(&s.published.lock().unwrap());
+    let mut response = Json(json!({ "keys": [key.jwk] })).into_response();
+    if let Some(value) = s.jwks_cache_control.lock().unwrap().clone() {
+        response.headers_mut().insert("cache-control", value.parse().unwrap());
+    }
+    response
 }
 
 fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {
     match signing {
         Signing::Published | Signing::Unpublished => {
+            let published = Arc::clone(&s.published.lock().unwrap());
             let key =
-                if matches!(signing, Signing::Published) { &s.published } else { &s.unpublished };
+                if matches!(signing, Signing::Published) { &published } else { &s.unpublished };
             let mut header = Header::new(Algorithm::ES256);
             // The unpublished key claims a kid that is not in the JWKS either.
             header.kid = Some(key.kid.clone());
@@ -259,9 +329,10 @@ fn sign(s: &FakeState, claims: &Value, signing: Signing) -> String {
             format!("{header}.{payload}.")
         }
         Signing::HmacWithPublicKey => {
+            let published = Arc::clone(&s.published.lock().unwrap());
             let mut header = Header::new(Algorithm::HS256);
-            header.kid = Some(s.published.kid.clone());
-            let secret = serde_json::to_string(&s.published.jwk).unwrap();
+            header.kid = Some(published.kid.clone());
+            let secret = serde_json::to_string(&published.jwk).unwrap();
             jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret.as_bytes()))
                 .unwrap()
         }
@@ -273,30 +344,59 @@ async fn token(
     headers: HeaderMap,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    *s.last_token_request.lock().unwrap() = Some(TokenRequest {
+    let request_code = form.get("code").cloned();
+    let request = TokenRequest {
         form,
         authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(String::from),
-    });
+    };
+    s.token_requests.lock().unwrap().push(request.clone());
+    *s.last_token_request.lock().unwrap() = Some(request);
     let delay = *s.token_delay.lock().unwrap();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    let for_code = request_code.and_then(|code| s.by_code.lock().unwrap().remove(&code));
+    if let Some(id_token) = for_code {
+        return Json(json!({
+            "access_token": format!("fake-access-{}", rand::random::<u64>()),
+            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "id_token": id_token,
+        }))
+        .into_response();
     }
     let answer = s.answer.lock().unwrap().clone();
     match answer {
         Some(TokenAnswer::IdToken { claims, signing }) => Json(json!({
             "access_token": format!("fake-access-{}", rand::random::<u64>()),
+            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
             "token_type": "Bearer",
             "expires_in": 3600,
             "id_token": sign(&s, &claims, signing),
         }))
         .into_response(),
+        Some(TokenAnswer::NoIdToken) => Json(json!({
+            "access_token": format!("fake-access-{}", rand::random::<u64>()),
+            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
+            "token_type": "Bearer",
+            "expires_in": 3600,
+        }))
+        .into_response(),
         Some(TokenAnswer::Error { status, body }) => {
             (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+        }
+        Some(TokenAnswer::Garbage { status }) => {
+            (StatusCode::from_u16(status).unwrap(), "<html>Bad gateway</html>").into_response()
         }
         None => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response(),
     }
 }
 
-async fn userinfo(State(s): State<Arc<FakeState>>) -> Json<Value> {
-    Json(s.userinfo.lock().unwrap().clone())
+async fn userinfo(State(s): State<Arc<FakeState>>) -> Response {
+    let status = *s.userinfo_status.lock().unwrap();
+    if status != 200 {
+        return (StatusCode::from_u16(status).unwrap(), "userinfo is down").into_response();
+    }
+    Json(s.userinfo.lock().unwrap().clone()).into_response()
 }

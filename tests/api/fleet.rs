@@ -132,16 +132,70 @@ async fn validate_token_reports_claims_or_a_precise_reason() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// A token is refused from `exp + token_leeway` on — on every path that checks one, cached or
+/// not: ValidateToken, GetUserInfo, Envoy's check and `/auth/check`.
 #[tokio::test]
-async fn expired_tokens_are_reported_as_expired() {
-    let app = spawn_app(AppOptions::real().set("AUTHGATE_TOKEN_TTL", "1")).await;
+async fn tokens_are_refused_from_exp_plus_the_leeway_on_every_path() {
+    let app = spawn_app(
+        AppOptions::real().set("AUTHGATE_TOKEN_TTL", "1").set("AUTHGATE_TOKEN_LEEWAY", "1"),
+    )
+    .await;
     let done = full_login(&app, BOB).await;
     assert_eq!(done.expires_in, 1);
-    assert!(validate(&app, &done.access_token).await.valid);
-    // exp plus the 10 s leeway tolerated between replicas' clocks.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    let v = validate(&app, &done.access_token).await;
+    assert!(v.valid, "{v:?}");
+    let exp = v.claims.unwrap().exp;
+    // Past exp + 1 s of leeway (whole seconds: wait for the next second to start).
+    while chrono::Utc::now().timestamp() < exp + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let v = validate(&app, &done.access_token).await;
     assert_eq!(reason(&v), InvalidReason::Expired, "{v:?}");
+    let err = app
+        .grpc
+        .clone()
+        .get_user_info(with_bearer(GetUserInfoRequest::default(), &done.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("expired"), "{err:?}");
+    let bearer = format!("Bearer {}", done.access_token);
+    let (_, http_status, _, _) = crate::gateway::denied(
+        &crate::gateway::envoy_check(&app, &[("authorization", &bearer)]).await,
+    );
+    assert_eq!(http_status, 401);
+    let check = reqwest::Client::new()
+        .get(format!("{}/auth/check", app.base_url()))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A signing key removed from the key set stops verifying at once, even for tokens whose
+/// verification is cached.
+#[tokio::test]
+async fn a_removed_signing_key_stops_verifying_cached_tokens() {
+    let app = spawn_app(AppOptions::real().set("AUTHGATE_KEY_RELOAD_INTERVAL", "1")).await;
+    let done = full_login(&app, BOB).await;
+    assert!(validate(&app, &done.access_token).await.valid, "verified, and now cached");
+    // The operator removes the key (compromised, say); the replica re-reads the set within the
+    // reload interval and makes a new one.
+    app.sql("DELETE FROM signing_keys").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = validate(&app, &done.access_token).await;
+        if !v.valid {
+            assert_eq!(reason(&v), InvalidReason::UnknownKey, "{v:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the removed key still verifies");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // New logins sign with the new key.
+    let fresh = full_login(&app, BOB).await;
+    assert!(validate(&app, &fresh.access_token).await.valid);
 }
 
 // The verifier runs as a blocking child process that calls back into the app: keep a second
@@ -578,6 +632,13 @@ async fn forged_or_replayed_logout_tokens_are_refused() {
             "missing jti",
         ),
         ("stale iat", |c| c["iat"] = json!(chrono::Utc::now().timestamp() - 3600), "iat"),
+        (
+            "no exp",
+            |c| {
+                c.as_object_mut().unwrap().remove("exp");
+            },
+            "missing exp",
+        ),
     ];
     for (what, tweak, needle) in cases {
         let mut claims = base.clone();
@@ -593,10 +654,42 @@ async fn forged_or_replayed_logout_tokens_are_refused() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = post(form(&fake.logout_token(&base)), "application/json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the token must come as a form");
+    let (status, body) = post(
+        form(&fake.logout_token_typed(&base, Some("at+jwt"))),
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "another token type: {body}");
+    assert!(body.contains("typ"), "{body}");
     assert!(validate(&app, &done.access_token).await.valid, "nothing was revoked so far");
 
-    // The genuine token ends the session; replaying it is refused.
+    // What real providers send as `typ` (oidc-provider `logout+jwt`, Okta and Keycloak `JWT`,
+    // others nothing) is accepted; these name a provider session nobody has.
+    for typ in [None, Some("JWT"), Some("application/logout+jwt")] {
+        let mut other = fake.logout_claims(TEST_CLIENT_ID, "fake-sid-unknown");
+        other.as_object_mut().unwrap().remove("sub");
+        let (status, body) =
+            post(form(&fake.logout_token_typed(&other, typ)), "application/x-www-form-urlencoded")
+                .await;
+        assert_eq!(status, StatusCode::OK, "typ {typ:?}: {body}");
+    }
+
+    // The revocation fails (an injected database fault): the provider's retry of the same
+    // token must not be taken for a replay.
     let token = fake.logout_token(&base);
+    app.sql(
+        "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+         CREATE TRIGGER injected_fault BEFORE UPDATE ON sessions \
+         FOR EACH ROW EXECUTE FUNCTION injected_fault();",
+    )
+    .await;
+    let (status, body) = post(form(&token), "application/x-www-form-urlencoded").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(validate(&app, &done.access_token).await.valid, "the revocation did not commit");
+    app.sql("DROP TRIGGER injected_fault ON sessions").await;
+
+    // The genuine token ends the session on the retry; replaying it then is refused.
     let (status, body) = post(form(&token), "application/x-www-form-urlencoded").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(reason(&validate(&app, &done.access_token).await), InvalidReason::Revoked);

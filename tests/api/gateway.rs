@@ -29,7 +29,7 @@ use crate::{
     login_flow::full_login,
 };
 
-async fn envoy_check(app: &TestApp, headers: &[(&str, &str)]) -> CheckResponse {
+pub(crate) async fn envoy_check(app: &TestApp, headers: &[(&str, &str)]) -> CheckResponse {
     let channel =
         tonic::transport::Channel::from_shared(app.base_url()).unwrap().connect().await.unwrap();
     let http = HttpRequest {
@@ -56,7 +56,7 @@ fn ok_headers(r: &CheckResponse) -> (BTreeMap<String, String>, Vec<String>) {
     (set, ok.headers_to_remove.clone())
 }
 
-fn denied(r: &CheckResponse) -> (i32, u32, BTreeMap<String, String>, String) {
+pub(crate) fn denied(r: &CheckResponse) -> (i32, u32, BTreeMap<String, String>, String) {
     let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
         panic!("not denied: {r:?}")
     };

@@ -334,6 +334,25 @@ impl TestApp {
         }
     }
 
+    /// Runs one SQL statement on this app's database (to inject a fault, or change what an
+    /// operator could change).
+    pub async fn sql(&self, statement: &str) {
+        match &self.db {
+            Some(Db::Postgres(db)) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(statement).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Some(Db::Sqlite(dir)) => {
+                let url = format!("sqlite://{}", dir.path().join("authgate.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::raw_sql(statement).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            None => panic!("this app has no database handle"),
+        }
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -16,5 +16,6 @@ mod limits;
 mod login_errors;
 mod login_flow;
 mod provider_faults;
+mod refresh;
 mod store;
 mod transport;

@@ -288,31 +288,118 @@ async fn userinfo_for_another_subject_is_refused() {
     assert_eq!(app.count_rows("sessions").await, 0);
 }
 
+/// Signs in once at the fake provider (which answers a valid ID token signed with its current
+/// key) and returns the ExchangeCode result.
+async fn login_at(app: &TestApp, fake: &FakeProvider) -> Result<String, tonic::Status> {
+    let (started, nonce) = start(app).await;
+    let claims = fake.valid_claims(TEST_CLIENT_ID, &nonce);
+    fake.answer_next(TokenAnswer::IdToken { claims, signing: Signing::Published });
+    let done = app.grpc.clone().exchange_code(exchange(&started)).await?;
+    Ok(done.into_inner().access_token)
+}
+
+/// A key rotation at the provider never drops a login: an ID token from the token endpoint
+/// naming an unknown `kid` makes authgate refetch the JWKS at once — right after start-up too,
+/// and again for a second rotation within the same second.
 #[tokio::test]
-async fn a_provider_key_rotation_is_picked_up_with_one_rate_limited_jwks_refetch() {
+async fn logins_survive_provider_key_rotations_right_after_start_and_twice_in_a_second() {
     let fake = FakeProvider::start().await;
     let app = fake_app(&fake).await;
     assert_eq!(fake.jwks_fetches(), 1, "discovery fetched the JWKS once");
-
-    // Right after discovery an unknown kid does not trigger a refetch (rate limit: 10 s).
-    let (started, nonce) = start(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Unpublished,
-    });
-    let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    assert_eq!(fake.jwks_fetches(), 1);
-
-    // The provider rotates; after the interval, the new kid makes authgate refetch once.
     fake.rotate_keys();
-    tokio::time::sleep(Duration::from_millis(10_200)).await;
-    let (started, nonce) = start(&app).await;
-    fake.answer_next(TokenAnswer::IdToken {
-        claims: fake.valid_claims(TEST_CLIENT_ID, &nonce),
-        signing: Signing::Unpublished,
-    });
-    let done = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap().into_inner();
-    assert_eq!(done.user.unwrap().sub, "fake-user-1");
-    assert_eq!(fake.jwks_fetches(), 2, "exactly one refetch");
+    login_at(&app, &fake).await.expect("the first login after a rotation at start-up");
+    assert_eq!(fake.jwks_fetches(), 2, "one refetch");
+    fake.rotate_keys();
+    login_at(&app, &fake).await.expect("a login after a second rotation");
+    fake.rotate_keys();
+    login_at(&app, &fake).await.expect("a login after a third rotation, within the second");
+    assert_eq!(fake.jwks_fetches(), 4);
+    login_at(&app, &fake).await.expect("a login with the now known key");
+    assert_eq!(fake.jwks_fetches(), 4, "a known kid fetches nothing");
+}
+
+/// Many logins meeting one new key wait for one JWKS fetch between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_waiting_on_a_new_key_share_one_jwks_fetch() {
+    let fake = FakeProvider::start().await;
+    let app = fake_app(&fake).await;
+    let mut started = Vec::new();
+    for _ in 0..8 {
+        started.push(start(&app).await);
+    }
+    fake.rotate_keys();
+    // Each login needs an ID token with its own nonce, signed with the new key.
+    let logins: Vec<_> = started
+        .into_iter()
+        .enumerate()
+        .map(|(i, (started, nonce))| {
+            let mut request = exchange(&started);
+            request.code = format!("code-{i}");
+            fake.answer_for_code(
+                &request.code,
+                fake.id_token(&fake.valid_claims(TEST_CLIENT_ID, &nonce)),
+            );
+            request
+        })
+        .collect();
+    // All eight reach authgate together.
+    let calls: Vec<_> = logins
+        .into_iter()
+        .map(|request| {
+            let mut grpc = app.grpc.clone();
+            tokio::spawn(async move { grpc.exchange_code(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every login succeeds");
+    }
+    assert_eq!(fake.jwks_fetches(), 2, "one refetch for eight logins");
+}
+
+/// The JWKS is refetched when its `Cache-Control` lifetime runs out (no lower than
+/// `provider_jwks_min_refresh_interval`), and discovery is re-read every
+/// `provider_discovery_interval`, without any login asking.
+#[tokio::test]
+async fn the_jwks_follows_its_cache_control_and_discovery_is_re_read() {
+    let fake = FakeProvider::start().await;
+    fake.set_jwks_cache_control("public, max-age=1");
+    let app = fake_app_with(
+        &fake,
+        &[
+            ("AUTHGATE_PROVIDER_JWKS_MIN_REFRESH_INTERVAL", "1"),
+            ("AUTHGATE_PROVIDER_DISCOVERY_INTERVAL", "3"),
+        ],
+    )
+    .await;
+    let (jwks, discovery) = (fake.jwks_fetches(), fake.discovery_fetches());
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(fake.jwks_fetches() >= jwks + 2, "{} JWKS fetches", fake.jwks_fetches());
+    assert!(fake.discovery_fetches() > discovery, "discovery re-read");
+    // A rotation is then picked up without any unknown kid.
+    fake.rotate_keys();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let fetches = fake.jwks_fetches();
+    login_at(&app, &fake).await.expect("signed with a key already fetched");
+    assert_eq!(fake.jwks_fetches(), fetches, "no refetch was needed");
+    drop(app);
+}
+
+/// Anyone can post a logout token: one naming an unknown `kid` makes authgate refetch the JWKS
+/// at most once per 10 s, however many arrive.
+#[tokio::test]
+async fn unknown_kids_in_logout_tokens_refetch_the_jwks_at_most_once_per_interval() {
+    let fake = FakeProvider::start().await;
+    let app = fake_app(&fake).await;
+    let fetches = fake.jwks_fetches();
+    for _ in 0..5 {
+        let claims = fake.logout_claims(TEST_CLIENT_ID, "sid");
+        let response = reqwest::Client::new()
+            .post(format!("{}/backchannel-logout", app.base_url()))
+            .form(&[("logout_token", fake.logout_token_unpublished(&claims))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+    }
+    assert_eq!(fake.jwks_fetches(), fetches + 1, "one refetch for five unknown kids");
 }

@@ -39,6 +39,7 @@ fn session(id: &str) -> SessionRecord {
         expires_at: now() + 86400,
         revoked_at: None,
         cookie_hash: Some(sha256(id.as_bytes()).to_vec()),
+        last_used_at: None,
     }
 }
 
@@ -185,44 +186,103 @@ async fn exercise(store: Store) {
         store.get_session("bulk-session-2").await.unwrap().unwrap().provider_access_token.is_none()
     );
     assert_eq!(
-        store.use_refresh_handle(&sha256(b"bulk-handle-4"), now()).await.unwrap(),
+        store.find_refresh_handle(&sha256(b"bulk-handle-4")).await.unwrap(),
         RefreshUse::Fresh("bulk-session-4".into())
     );
 
-    // Refresh handles: single use; a second use is recognised as reuse; release undoes a use.
-    use authgate::store::RefreshUse;
+    // Refresh handles: a rotation marks the old handle used, stores the new one and updates
+    // the session at once, exactly once; a used handle is recognised as reuse.
+    use authgate::store::{RefreshUse, Rotation};
     let h1 = sha256(b"handle-1");
+    assert_eq!(store.find_refresh_handle(&h1).await.unwrap(), RefreshUse::Fresh(hostile_id.into()));
+    assert_eq!(store.find_refresh_handle(&sha256(b"nope")).await.unwrap(), RefreshUse::NotFound);
+    let mut current = store.get_session(hostile_id).await.unwrap().unwrap();
+    assert_eq!(current.last_used_at, None);
+    // The refresh lease: one holder at a time until it lapses.
+    assert!(store.acquire_refresh_lease(hostile_id, "lease-a", now() + 30, now()).await.unwrap());
+    assert!(!store.acquire_refresh_lease(hostile_id, "lease-b", now() + 30, now()).await.unwrap());
+    current.profile = r#"{"sub":"00u1","name":"Renamed"}"#.into();
+    current.provider_access_token = Some(vec![9, 9]);
     assert_eq!(
-        store.use_refresh_handle(&h1, now()).await.unwrap(),
-        RefreshUse::Fresh(hostile_id.into())
+        store
+            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-b"), now())
+            .await
+            .unwrap(),
+        Rotation::SessionChanged,
+        "another's lease: nothing is written"
+    );
+    assert_eq!(store.find_refresh_handle(&h1).await.unwrap(), RefreshUse::Fresh(hostile_id.into()));
+    assert_eq!(store.find_refresh_handle(&sha256(b"h1-next")).await.unwrap(), RefreshUse::NotFound);
+    assert_eq!(
+        store
+            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-a"), now())
+            .await
+            .unwrap(),
+        Rotation::Rotated
     );
     assert_eq!(
-        store.use_refresh_handle(&h1, now()).await.unwrap(),
+        store.find_refresh_handle(&h1).await.unwrap(),
         RefreshUse::Reused(hostile_id.into())
     );
-    store.release_refresh_handle(&h1).await.unwrap();
+    let rotated = store.get_session(hostile_id).await.unwrap().unwrap();
+    assert_eq!(rotated.profile, current.profile);
+    assert_eq!(rotated.provider_access_token, Some(vec![9, 9]));
+    assert!(rotated.last_used_at.is_some());
+    assert!(
+        store.acquire_refresh_lease(hostile_id, "lease-c", now() + 30, now()).await.unwrap(),
+        "the rotation released the lease"
+    );
+    assert!(store.end_refresh_lease(&rotated, "lease-c").await.unwrap());
+    assert!(!store.end_refresh_lease(&rotated, "lease-c").await.unwrap(), "already given back");
+    assert!(
+        store.acquire_refresh_lease(hostile_id, "lease-d", now() - 1, now() - 2).await.unwrap()
+    );
+    assert!(
+        store.acquire_refresh_lease(hostile_id, "lease-e", now() + 30, now()).await.unwrap(),
+        "a lapsed lease can be taken"
+    );
+    assert!(store.end_refresh_lease(&rotated, "lease-e").await.unwrap());
     assert_eq!(
-        store.use_refresh_handle(&h1, now()).await.unwrap(),
-        RefreshUse::Fresh(hostile_id.into())
+        store
+            .rotate_refresh_handle(&h1, &sha256(b"h1-again"), &current, None, now())
+            .await
+            .unwrap(),
+        Rotation::HandleUsed
     );
     assert_eq!(
-        store.use_refresh_handle(&sha256(b"nope"), now()).await.unwrap(),
+        store.find_refresh_handle(&sha256(b"h1-again")).await.unwrap(),
         RefreshUse::NotFound
     );
-    store.insert_refresh_handle(&sha256(b"handle-2"), hostile_id, now()).await.unwrap();
+    // Racing rotations of one handle: exactly one wins, exactly one new handle exists.
     let racers: Vec<_> = (0..8)
-        .map(|_| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.use_refresh_handle(&sha256(b"handle-2"), now()).await })
+        .map(|i| {
+            let (store, current) = (Arc::clone(&store), current.clone());
+            tokio::spawn(async move {
+                let next = sha256(format!("racer-{i}").as_bytes());
+                store.rotate_refresh_handle(&sha256(b"h1-next"), &next, &current, None, now()).await
+            })
         })
         .collect();
-    let mut fresh = 0;
+    let mut won = 0;
     for r in racers {
-        if let RefreshUse::Fresh(_) = r.await.unwrap().unwrap() {
+        match r.await.unwrap() {
+            Ok(Rotation::Rotated) => won += 1,
+            Ok(Rotation::HandleUsed) => {}
+            // SQLite may refuse a racing writer outright (busy); nothing was written.
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "a refresh handle is used exactly once");
+    let mut fresh = 0;
+    for i in 0..8 {
+        if let RefreshUse::Fresh(_) =
+            store.find_refresh_handle(&sha256(format!("racer-{i}").as_bytes())).await.unwrap()
+        {
             fresh += 1;
         }
     }
-    assert_eq!(fresh, 1, "a refresh handle is used exactly once");
+    assert_eq!(fresh, 1);
 
     // Revocation: by id, then by provider sid / subject; recent revocations are listed.
     let mut other = session("s-2");
@@ -240,36 +300,26 @@ async fn exercise(store: Store) {
         !store.update_session_profile(hostile_id, "{}", None).await.unwrap(),
         "revoked sessions are frozen"
     );
-    assert_eq!(
-        store.revoke_sessions_by_provider(Some("psid-2"), None, now()).await.unwrap(),
-        vec!["s-2"]
-    );
-    assert_eq!(
-        store.revoke_sessions_by_provider(Some("psid-2"), None, now()).await.unwrap(),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        store.revoke_sessions_by_provider(None, Some("someone"), now()).await.unwrap(),
-        vec!["s-3"]
-    );
+    // Back-channel logout: the jti is remembered with the revocation, once.
+    let logout = |jti: &'static str, sid: Option<&'static str>, sub: Option<&'static str>| {
+        let store = store.clone();
+        async move { store.revoke_for_logout_token(jti, now() + 60, sid, sub, now()).await.unwrap() }
+    };
+    assert_eq!(logout("jti-1", Some("psid-2"), None).await, Some(vec!["s-2".to_string()]));
+    assert_eq!(logout("jti-1", Some("psid-2"), None).await, None, "a replayed jti");
+    assert_eq!(logout("jti-2", Some("psid-2"), None).await, Some(Vec::new()));
+    assert_eq!(logout("jti-3", None, Some("someone")).await, Some(vec!["s-3".to_string()]));
     let mut recent: Vec<String> =
         store.revoked_since(now() - 60, 100).await.unwrap().into_iter().map(|(id, _)| id).collect();
     recent.sort();
     assert_eq!(recent, vec!["s-2".to_string(), "s-3".into(), hostile_id.into()]);
     assert!(store.revoked_since(now() + 60, 100).await.unwrap().is_empty());
 
-    // Logout token jtis are remembered once.
-    assert!(store.remember_logout_jti("jti-1", now() + 60).await.unwrap());
-    assert!(!store.remember_logout_jti("jti-1", now() + 60).await.unwrap());
-
     // Sweeping ended sessions removes them and their handles; recent ones stay.
-    assert_eq!(store.sweep_ended_sessions(now() + 10, 60).await.unwrap(), 0);
-    assert_eq!(store.sweep_ended_sessions(now() + 100_000, 60).await.unwrap(), 8);
+    assert_eq!(store.sweep_ended_sessions(now() + 10, 60, 86_400).await.unwrap(), 0);
+    assert_eq!(store.sweep_ended_sessions(now() + 100_000, 60, 86_400).await.unwrap(), 8);
     assert!(store.get_session("s-2").await.unwrap().is_none());
-    assert_eq!(
-        store.use_refresh_handle(&sha256(b"h-s2"), now()).await.unwrap(),
-        RefreshUse::NotFound
-    );
+    assert_eq!(store.find_refresh_handle(&sha256(b"h-s2")).await.unwrap(), RefreshUse::NotFound);
 
     // Signing keys: expired ones are not listed; order is by activation.
     let key = |kid: &str, activates_at: i64, expires_at: Option<i64>| StoredSigningKey {
@@ -347,4 +397,191 @@ async fn the_revocation_set_is_bounded_and_never_guesses_beyond_its_capacity() {
     assert!(!roomy.is_overflowed());
     assert_eq!(roomy.check("r-1"), Revocation::Revoked);
     assert_eq!(roomy.check("live"), Revocation::NotRevoked);
+}
+
+/// Group commit, with one poisoned member in a full batch: every other member succeeds and is
+/// written, the poisoned one alone gets the error, and nothing is half-written — for attempt
+/// inserts, consumes and session inserts, on PostgreSQL and on SQLite.
+async fn a_poisoned_member_fails_alone(store: Store, poison_consumes: &str) {
+    use std::sync::{Arc, Mutex};
+
+    use authgate::store::{Batcher, RefreshUse};
+    use tokio::sync::Semaphore;
+
+    store.migrate().await.unwrap();
+    const N: usize = 128;
+    type Sizes = Arc<Mutex<Vec<usize>>>;
+    /// A batcher over `run` whose first batch waits for the gate, so that the next `N`
+    /// requests queue up and go as one batch; records each batch's size.
+    fn gated<T: Clone + Send + 'static, R: Clone + Send + 'static>(
+        run: impl Fn(Vec<T>) -> futures_util::future::BoxFuture<'static, Result<Vec<R>, StoreError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> (Batcher<T, R>, Arc<Semaphore>, Sizes) {
+        let gate = Arc::new(Semaphore::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (g, s) = (Arc::clone(&gate), Arc::clone(&sizes));
+        let run = Arc::new(run);
+        let batcher = Batcher::start(1, move |batch: Vec<T>| {
+            let (g, s, run) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&run));
+            Box::pin(async move {
+                if s.lock().unwrap().is_empty() {
+                    g.acquire().await.unwrap().forget();
+                }
+                s.lock().unwrap().push(batch.len());
+                run(batch).await
+            })
+        });
+        (batcher, gate, sizes)
+    }
+    /// Sends the first request (held at the gate), then the rest; opens the gate; returns every
+    /// result in order.
+    async fn full_batch<T: Clone + Send + 'static, R: Clone + Send + std::fmt::Debug + 'static>(
+        batcher: &Batcher<T, R>,
+        gate: &Semaphore,
+        sizes: &Mutex<Vec<usize>>,
+        first: T,
+        rest: Vec<T>,
+    ) -> Vec<Result<R, StoreError>> {
+        let held = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(first).await })
+        };
+        // The first batch is taken and waits at the gate; the rest queue behind it.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(sizes.lock().unwrap().len(), 0, "the first batch waits at the gate");
+        let calls: Vec<_> = rest
+            .into_iter()
+            .map(|item| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.call(item).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        gate.add_permits(1);
+        let mut results = vec![held.await.unwrap()];
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        results
+    }
+
+    // Attempt inserts: the poisoned member repeats an existing state (a duplicate key).
+    let s = store.clone();
+    let (batcher, gate, sizes) = gated(move |batch: Vec<LoginAttempt>| {
+        let s = s.clone();
+        Box::pin(async move { s.insert_attempts(&batch).await.map(|()| vec![(); batch.len()]) })
+    });
+    let mut rest: Vec<LoginAttempt> =
+        (0..N).map(|i| attempt(&format!("b-{i}"), &format!("bind-{i}"), 600)).collect();
+    rest[N / 2] = attempt("b-first", "bind-first", 600);
+    let results =
+        full_batch(&batcher, &gate, &sizes, attempt("b-first", "bind-first", 600), rest).await;
+    assert_eq!(sizes.lock().unwrap()[1], N, "the rest went as one batch: {:?}", sizes.lock());
+    for (i, r) in results.iter().enumerate() {
+        if i == N / 2 + 1 {
+            assert!(matches!(r, Err(StoreError::Duplicate(_))), "the poisoned member: {r:?}");
+        } else {
+            assert!(r.is_ok(), "member {i}: {r:?}");
+        }
+    }
+    // Every good member was stored: each can be consumed.
+    let (first, bind) = (sha256(b"b-first"), sha256(b"bind-first"));
+    assert!(matches!(store.consume_attempt(&first, &bind).await.unwrap(), Consumed::Attempt(_)));
+    for i in (0..N).filter(|&i| i != N / 2) {
+        let state = sha256(format!("b-{i}").as_bytes());
+        let binding = sha256(format!("bind-{i}").as_bytes());
+        assert!(
+            matches!(store.consume_attempt(&state, &binding).await.unwrap(), Consumed::Attempt(_)),
+            "attempt {i} was stored"
+        );
+    }
+
+    // Consumes: the poisoned member's delete fails (a trigger); the others are consumed and
+    // reported so, and the poisoned attempt is still there.
+    let mut poisoned = attempt("c-poison", "bind-poison", 600);
+    poisoned.nonce = "poison".into();
+    store.insert_attempt(&poisoned).await.unwrap();
+    for i in 0..N {
+        store.insert_attempt(&attempt(&format!("c-{i}"), &format!("bind-{i}"), 600)).await.unwrap();
+    }
+    match &store {
+        Store::Postgres(s) => {
+            sqlx::raw_sql(poison_consumes).execute(s.pool()).await.unwrap();
+        }
+        Store::Sqlite(s) => {
+            sqlx::raw_sql(poison_consumes).execute(s.pool()).await.unwrap();
+        }
+    }
+    let s = store.clone();
+    let (batcher, gate, sizes) = gated(move |batch: Vec<(Vec<u8>, Vec<u8>)>| {
+        let s = s.clone();
+        Box::pin(async move { s.consume_attempts(&batch).await })
+    });
+    let request = |state: &str, binding: &str| {
+        (sha256(state.as_bytes()).to_vec(), sha256(binding.as_bytes()).to_vec())
+    };
+    let mut rest: Vec<_> =
+        (1..N).map(|i| request(&format!("c-{i}"), &format!("bind-{i}"))).collect();
+    rest.insert(N / 2, request("c-poison", "bind-poison"));
+    let results = full_batch(&batcher, &gate, &sizes, request("c-0", "bind-0"), rest).await;
+    assert_eq!(sizes.lock().unwrap()[1], N, "one full batch: {:?}", sizes.lock());
+    for (i, r) in results.iter().enumerate() {
+        if i == N / 2 + 1 {
+            assert!(matches!(r, Err(StoreError::Other(_))), "the poisoned member: {r:?}");
+        } else {
+            assert!(matches!(r, Ok(Consumed::Attempt(_))), "member {i}: {r:?}");
+        }
+    }
+    assert_eq!(store.count_pending_attempts(0).await.unwrap(), 1, "only the poisoned one is left");
+
+    // Session inserts: the poisoned member repeats an existing session id.
+    let s = store.clone();
+    let (batcher, gate, sizes) = gated(move |batch: Vec<(SessionRecord, Vec<u8>)>| {
+        let s = s.clone();
+        Box::pin(async move { s.insert_sessions(&batch).await.map(|()| vec![(); batch.len()]) })
+    });
+    let item = |id: &str| (session(id), sha256(format!("h-{id}").as_bytes()).to_vec());
+    let mut rest: Vec<_> = (0..N).map(|i| item(&format!("bs-{i}"))).collect();
+    rest[N / 2] = (session("bs-first"), sha256(b"another-handle").to_vec());
+    let results = full_batch(&batcher, &gate, &sizes, item("bs-first"), rest).await;
+    assert_eq!(sizes.lock().unwrap()[1], N);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_err(), i == N / 2 + 1, "member {i}: {r:?}");
+    }
+    for i in (0..N).filter(|&i| i != N / 2) {
+        assert!(store.get_session(&format!("bs-{i}")).await.unwrap().is_some(), "session {i}");
+    }
+    assert_eq!(
+        store.find_refresh_handle(&sha256(b"another-handle")).await.unwrap(),
+        RefreshUse::NotFound,
+        "the poisoned member wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn group_commit_isolates_a_poisoned_member_on_postgres() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(&DatabaseConfig::Postgres(Secret::new(db.url.clone())), 8).unwrap();
+    a_poisoned_member_fails_alone(
+        store,
+        "CREATE FUNCTION poisoned() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'poisoned member'; END $$; \
+         CREATE TRIGGER poisoned BEFORE DELETE ON login_attempts FOR EACH ROW \
+         WHEN (OLD.nonce = 'poison') EXECUTE FUNCTION poisoned();",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn group_commit_isolates_a_poisoned_member_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&DatabaseConfig::Sqlite(dir.path().join("g.db")), 4).unwrap();
+    a_poisoned_member_fails_alone(
+        store,
+        "CREATE TRIGGER poisoned BEFORE DELETE ON login_attempts \
+         WHEN OLD.nonce = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned member'); END;",
+    )
+    .await;
 }

@@ -33,30 +33,6 @@ pub(super) fn claims_sid<T: Serialize>(id_token: &T) -> Option<String> {
     value.get("sid")?.as_str().map(str::to_string)
 }
 
-pub(super) fn discovery_error<E: std::error::Error>(
-    what: &str,
-    e: openidconnect::DiscoveryError<E>,
-) -> ProviderError {
-    use openidconnect::DiscoveryError as D;
-    match e {
-        D::Request(inner) => {
-            ProviderError::Unreachable(format!("{what} request failed: {}", error_chain(&inner)))
-        }
-        D::Response(status, _, msg) => {
-            ProviderError::BadResponse(format!("{what} answered HTTP {status}: {msg}"))
-        }
-        D::Parse(inner) => {
-            ProviderError::BadResponse(format!("{what} document does not parse: {inner}"))
-        }
-        D::Validation(msg) => {
-            ProviderError::BadResponse(format!("{what} document is invalid: {msg}"))
-        }
-        D::UrlParse(inner) => ProviderError::BadResponse(format!("{what} URL is invalid: {inner}")),
-        D::Other(msg) => ProviderError::BadResponse(format!("{what} failed: {msg}")),
-        _ => ProviderError::BadResponse(format!("{what} failed")),
-    }
-}
-
 /// An error and its sources on one line (reqwest hides the useful part in a source).
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

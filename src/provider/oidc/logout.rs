@@ -3,17 +3,19 @@
 
 use chrono::Utc;
 
-use super::{MAX_ID_TOKEN_AGE, OidcProvider};
+use super::{MAX_ID_TOKEN_AGE, OidcProvider, keys::Trigger};
 use crate::provider::{LogoutTarget, ProviderError};
 
 impl OidcProvider {
     /// The provider's JWKS in `jsonwebtoken`'s form, for tokens openidconnect does not model
-    /// (back-channel logout tokens).
-    fn jwk_set(&self) -> Result<jsonwebtoken::jwk::JwkSet, ProviderError> {
-        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
-        serde_json::to_value(&jwks).and_then(serde_json::from_value).map_err(|e| {
-            ProviderError::BadResponse(format!("the provider's JWKS is unusable: {e}"))
-        })
+    /// (back-channel logout tokens), and its generation.
+    fn jwk_set(&self) -> Result<(jsonwebtoken::jwk::JwkSet, u64), ProviderError> {
+        let keys = self.keys();
+        let set =
+            serde_json::to_value(&keys.set).and_then(serde_json::from_value).map_err(|e| {
+                ProviderError::BadResponse(format!("the provider's JWKS is unusable: {e}"))
+            })?;
+        Ok((set, keys.generation))
     }
 
     /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.6).
@@ -29,9 +31,13 @@ impl OidcProvider {
             return Err(invalid("longer than 16 KiB"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a JWT"))?;
+        // §2.4 recommends `logout+jwt`; providers also send `JWT` (Okta, Keycloak) or nothing.
+        // The `application/` prefix may be spelled out (RFC 7515 §4.1.9).
         if let Some(typ) = &header.typ {
-            if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("JWT") {
-                return Err(invalid("typ must be logout+jwt"));
+            let typ = typ.to_ascii_lowercase();
+            let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+            if typ != "logout+jwt" && typ != "jwt" {
+                return Err(invalid("typ must be logout+jwt or JWT (or absent)"));
             }
         }
         let alg_name = serde_json::to_value(header.alg)
@@ -50,11 +56,13 @@ impl OidcProvider {
             None if set.keys.len() == 1 => set.keys.first().cloned(),
             None => None,
         };
-        let jwk = match find_key(&self.jwk_set()?) {
+        let (set, generation) = self.jwk_set()?;
+        let jwk = match find_key(&set) {
             Some(k) => k,
             None => {
-                self.refetch_jwks(&d).await?;
-                find_key(&self.jwk_set()?)
+                // Anyone can send a logout token: a refetch for an unknown kid is rate-limited.
+                self.refetch_jwks(&d, generation, Trigger::Untrusted).await?;
+                find_key(&self.jwk_set()?.0)
                     .ok_or_else(|| invalid("signed by a key that is not in the provider's JWKS"))?
             }
         };
@@ -62,7 +70,8 @@ impl OidcProvider {
         let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.client_id]);
-        validation.set_required_spec_claims(&["iss", "aud"]);
+        // §2.4: `exp` is required (it bounds how long the `jti` must be remembered).
+        validation.set_required_spec_claims(&["iss", "aud", "exp"]);
         validation.leeway = self.config.clock_skew.as_secs();
         let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| {
@@ -72,7 +81,11 @@ impl OidcProvider {
                     K::InvalidAudience => "wrong audience",
                     K::ExpiredSignature => "expired",
                     K::InvalidSignature => "bad signature",
-                    K::MissingRequiredClaim(_) => "missing iss or aud",
+                    K::MissingRequiredClaim(claim) => match claim.as_str() {
+                        "exp" => "missing exp",
+                        "iss" => "missing iss",
+                        _ => "missing aud",
+                    },
                     _ => "does not verify",
                 })
             })?
@@ -96,12 +109,10 @@ impl OidcProvider {
             return Err(invalid("neither sid nor sub is present"));
         }
         let jti = text("jti").ok_or_else(|| invalid("missing jti"))?;
-        let exp = claims.get("exp").and_then(|v| v.as_i64());
-        Ok(LogoutTarget {
-            sid,
-            sub,
-            jti,
-            remember_until: exp.unwrap_or(iat + MAX_ID_TOKEN_AGE.as_secs() as i64) + skew,
-        })
+        let exp =
+            claims.get("exp").and_then(|v| v.as_i64()).ok_or_else(|| invalid("missing exp"))?;
+        // Remembered until it could no longer be accepted, however far off `exp` is set.
+        let remember_until = exp.min(iat + MAX_ID_TOKEN_AGE.as_secs() as i64) + skew;
+        Ok(LogoutTarget { sid, sub, jti, remember_until })
     }
 }

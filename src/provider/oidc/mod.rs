@@ -1,13 +1,16 @@
-//! The real provider client: OpenID Connect discovery, a cached JWKS with rate-limited refetch on
-//! an unknown `kid`, PKCE S256 authorization URLs, code exchange with `client_secret_basic` or
-//! `client_secret_post`, ID-token validation (OIDC Core 3.1.3.7, RFC 8725) and userinfo.
+//! The real provider client: OpenID Connect discovery (re-read every
+//! `provider_discovery_interval`), a JWKS cached as its `Cache-Control` says and refetched at
+//! once when a token from the token endpoint names an unknown `kid` (one fetch in flight however
+//! many logins wait; rate-limited only where untrusted input asks), PKCE S256 authorization
+//! URLs, code exchange with `client_secret_basic` or `client_secret_post`, ID-token validation
+//! (OIDC Core 3.1.3.7, RFC 8725) at login and on refresh (§12.2), and userinfo.
 //!
 //! The HTTP client follows no redirects (SSRF), every call has a timeout, and no response body
 //! larger than `provider_max_response_bytes` is read ([`http`]).
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock, Weak},
     time::{Duration, Instant},
 };
 
@@ -34,7 +37,7 @@ use url::Url;
 
 use super::{
     AuthorizationRequest, IdentityProvider, LogoutTarget, ProviderError, ProviderLogin,
-    ProviderTokens,
+    ProviderRefresh, ProviderTokens,
 };
 use crate::{
     config::{ClientAuthMethod, ProviderConfig},
@@ -44,10 +47,12 @@ use crate::{
 
 mod errors;
 mod http;
+mod keys;
 mod logout;
 
-use errors::{claims_sid, discovery_error, error_chain, id_token_error, observed, token_error};
+use errors::{claims_sid, error_chain, id_token_error, observed, token_error};
 use http::ProviderHttp;
+use keys::{Keys, Trigger};
 
 /// The `groups` claim (Okta, `oidc-provider` and most IdPs use a string array).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -90,6 +95,12 @@ type TokenFields = IdTokenFields<
     CoreJwsSigningAlgorithm,
 >;
 type ProviderTokenResponse = StandardTokenResponse<TokenFields, CoreTokenType>;
+type ProviderIdToken = openidconnect::IdToken<
+    GroupsClaim,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
 
 type OidcClient = Client<
     GroupsClaim,
@@ -126,8 +137,6 @@ const ASYMMETRIC_ALGS: &[CoreJwsSigningAlgorithm] = &[
 
 /// An ID token older than this (by `iat`) is refused even if not yet expired.
 const MAX_ID_TOKEN_AGE: Duration = Duration::from_secs(600);
-/// At most one JWKS refetch per this interval, however many unknown `kid`s arrive.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Discovery retry backoff bounds.
 const DISCOVERY_BACKOFF_START: Duration = Duration::from_millis(500);
 const DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -138,6 +147,16 @@ struct Discovered {
     metadata: Metadata,
     /// The provider's advertised ID-token algorithms, intersected with [`ASYMMETRIC_ALGS`].
     allowed_algs: Vec<CoreJwsSigningAlgorithm>,
+    /// When this discovery document was read (re-read every `provider_discovery_interval`).
+    at: Instant,
+}
+
+/// The ID token kind being verified: at login the nonce must be the attempt's; on refresh
+/// (OIDC Core 12.2) the subject must be the session's, and the nonce — which a refreshed token
+/// should not carry — is not compared (authgate keeps no nonce after login).
+enum Expect<'a> {
+    Login { nonce: &'a Nonce },
+    Refresh { subject: &'a str },
 }
 
 pub struct OidcProvider {
@@ -146,9 +165,11 @@ pub struct OidcProvider {
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// The last discovery failure, reported while not ready.
     last_error: RwLock<String>,
-    jwks: RwLock<CoreJsonWebKeySet>,
-    /// When the JWKS was last fetched, for rate limiting refetches.
-    jwks_fetched_at: tokio::sync::Mutex<Option<Instant>>,
+    /// The provider's keys, swapped whole on every fetch.
+    jwks: RwLock<Arc<Keys>>,
+    /// Held while the JWKS is fetched (one fetch in flight); holds when untrusted input last
+    /// made authgate refetch.
+    jwks_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// Guards against two discovery loops.
     started: Mutex<bool>,
 }
@@ -161,14 +182,17 @@ impl OidcProvider {
             http,
             discovered: RwLock::new(None),
             last_error: RwLock::new("discovery has not run yet".into()),
-            jwks: RwLock::new(CoreJsonWebKeySet::new(Vec::new())),
-            jwks_fetched_at: tokio::sync::Mutex::new(None),
+            jwks: RwLock::new(Arc::new(Keys::empty())),
+            jwks_fetch: tokio::sync::Mutex::new(None),
             started: Mutex::new(false),
         }))
     }
 
-    /// Runs discovery until it succeeds, with exponential backoff. Returns at once if a discovery
-    /// loop is already running or done.
+    /// Runs discovery until it succeeds, with exponential backoff, then keeps the provider's
+    /// metadata and keys current: the JWKS again when its `Cache-Control` lifetime runs out,
+    /// discovery every `provider_discovery_interval` (a failure keeps what was known and is
+    /// retried with backoff). Returns at once if the loop is already running. The loop ends
+    /// when the provider is dropped.
     pub fn spawn_discovery(self: &Arc<Self>) {
         {
             let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,15 +201,27 @@ impl OidcProvider {
             }
             *started = true;
         }
-        let this = Arc::clone(self);
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut backoff = DISCOVERY_BACKOFF_START;
             loop {
-                match this.discover().await {
-                    Ok(()) => return,
+                let Some(this) = Weak::upgrade(&weak) else { return };
+                let due = this.next_upkeep();
+                drop(this);
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let Some(this) = Weak::upgrade(&weak) else { return };
+                match this.upkeep().await {
+                    Ok(()) => backoff = DISCOVERY_BACKOFF_START,
                     Err(e) => {
-                        warn!(issuer = %this.config.issuer, error = %e, retry_in = ?backoff, "provider discovery failed");
-                        *this.last_error.write().unwrap_or_else(|e| e.into_inner()) = e.to_string();
+                        let ready = this.is_ready();
+                        warn!(issuer = %this.config.issuer, error = %e, retry_in = ?backoff, ready, "provider discovery or JWKS refresh failed");
+                        if !ready {
+                            *this.last_error.write().unwrap_or_else(|e| e.into_inner()) =
+                                e.to_string();
+                        }
+                        drop(this);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(DISCOVERY_BACKOFF_MAX);
                     }
@@ -194,14 +230,38 @@ impl OidcProvider {
         });
     }
 
+    /// When the metadata or the keys are next due (`None`: now).
+    fn next_upkeep(&self) -> Option<Instant> {
+        let d = self.discovered().ok()?;
+        let discovery_due = d.at + self.config.discovery_interval;
+        Some(discovery_due.min(self.keys().expires_at()))
+    }
+
+    /// Whatever is due: discovery (with the JWKS), or the JWKS alone.
+    async fn upkeep(&self) -> Result<(), ProviderError> {
+        match self.discovered() {
+            Ok(d) if Instant::now() < d.at + self.config.discovery_interval => {
+                let _single = self.jwks_fetch.lock().await;
+                if Instant::now() >= self.keys().expires_at() {
+                    self.fetch_jwks(d.metadata.jwks_uri()).await?;
+                }
+                Ok(())
+            }
+            _ => self.discover().await,
+        }
+    }
+
+    /// The provider's keys as last fetched.
+    fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.jwks.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Fetches the discovery document and the JWKS and builds the client.
     #[tracing::instrument(skip_all, fields(issuer = %self.config.issuer))]
     pub async fn discover(&self) -> Result<(), ProviderError> {
         let issuer = IssuerUrl::new(self.config.issuer.clone())
             .map_err(|e| ProviderError::NotReady(format!("issuer_url is not a URL: {e}")))?;
-        let metadata = observed("discovery", Metadata::discover_async(issuer, &self.http))
-            .await
-            .map_err(|e| discovery_error("discovery", e))?;
+        let metadata = self.fetch_metadata(&issuer).await?;
         let token_url = metadata.token_endpoint().cloned().ok_or_else(|| {
             ProviderError::BadResponse("the discovery document has no token_endpoint".into())
         })?;
@@ -226,11 +286,18 @@ impl OidcProvider {
             ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
             ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
         });
-        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = metadata.jwks().clone();
-        *self.jwks_fetched_at.lock().await = Some(Instant::now());
+        {
+            let _single = self.jwks_fetch.lock().await;
+            self.fetch_jwks(metadata.jwks_uri()).await?;
+        }
+        let first = !self.is_ready();
         *self.discovered.write().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::new(Discovered { client, metadata, allowed_algs }));
-        info!("provider discovery complete");
+            Some(Arc::new(Discovered { client, metadata, allowed_algs, at: Instant::now() }));
+        if first {
+            info!("provider discovery complete");
+        } else {
+            tracing::debug!("provider discovery re-read");
+        }
         Ok(())
     }
 
@@ -249,22 +316,27 @@ impl OidcProvider {
         self.discovered().ok()?.metadata.additional_metadata().end_session_endpoint.clone()
     }
 
-    /// Refetches the JWKS unless it was fetched within [`JWKS_REFETCH_INTERVAL`].
-    async fn refetch_jwks(&self, discovered: &Discovered) -> Result<(), ProviderError> {
-        let mut fetched_at = self.jwks_fetched_at.lock().await;
-        if fetched_at.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+    /// Refetches the JWKS because a token named a key that the set of generation `seen` lacks.
+    /// Coalesced: callers queue behind the one fetch in flight, and whoever finds the set
+    /// replaced since `seen` uses the new one without fetching. A [`Trigger::Untrusted`]
+    /// refetch runs at most once per [`keys::UNTRUSTED_REFETCH_INTERVAL`].
+    async fn refetch_jwks(
+        &self,
+        discovered: &Discovered,
+        seen: u64,
+        trigger: Trigger,
+    ) -> Result<(), ProviderError> {
+        let mut untrusted_at = self.jwks_fetch.lock().await;
+        if self.keys().generation != seen {
             return Ok(());
         }
-        *fetched_at = Some(Instant::now());
-        let jwks = observed(
-            "jwks",
-            CoreJsonWebKeySet::fetch_async(discovered.metadata.jwks_uri(), &self.http),
-        )
-        .await
-        .map_err(|e| discovery_error("JWKS", e))?;
-        info!(keys = jwks.keys().len(), "provider JWKS refetched");
-        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = jwks;
-        Ok(())
+        if trigger == Trigger::Untrusted {
+            if untrusted_at.is_some_and(|t| t.elapsed() < keys::UNTRUSTED_REFETCH_INTERVAL) {
+                return Ok(());
+            }
+            *untrusted_at = Some(Instant::now());
+        }
+        self.fetch_jwks(discovered.metadata.jwks_uri()).await
     }
 
     /// Client authentication for the calls authgate makes by hand (revocation).
@@ -292,20 +364,42 @@ impl OidcProvider {
         }
     }
 
+    /// Verifies an ID token from the token endpoint; a `kid` the cached JWKS lacks makes
+    /// authgate refetch it (trusted: the token came over a connection authgate opened) and
+    /// verify again.
+    async fn verify_fetched_id_token(
+        &self,
+        discovered: &Discovered,
+        id_token: &ProviderIdToken,
+        expect: Expect<'_>,
+        access_token: &AccessToken,
+    ) -> Result<(Profile, Option<String>), ProviderError> {
+        let keys = self.keys();
+        match self.verify_id_token(discovered, &keys.set, id_token, &expect, access_token) {
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) => {
+                // The provider rotated its keys: refetch (or use the set another login just
+                // fetched) and verify again.
+                self.refetch_jwks(discovered, keys.generation, Trigger::Trusted).await?;
+                let keys = self.keys();
+                self.verify_id_token(discovered, &keys.set, id_token, &expect, access_token)
+            }
+            other => other,
+        }
+        .map_err(id_token_error)
+    }
+
     fn verify_id_token(
         &self,
         discovered: &Discovered,
-        id_token: &openidconnect::IdToken<
-            GroupsClaim,
-            CoreGenderClaim,
-            CoreJweContentEncryptionAlgorithm,
-            CoreJwsSigningAlgorithm,
-        >,
-        nonce: &Nonce,
+        jwks: &CoreJsonWebKeySet,
+        id_token: &ProviderIdToken,
+        expect: &Expect<'_>,
         access_token: &AccessToken,
     ) -> Result<(Profile, Option<String>), openidconnect::ClaimsVerificationError> {
         use openidconnect::ClaimsVerificationError as E;
-        let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let jwks = jwks.clone();
         let skew = chrono::Duration::from_std(self.config.clock_skew).unwrap_or_default();
         let max_age = chrono::Duration::from_std(MAX_ID_TOKEN_AGE).unwrap_or_default();
         // A public-client verifier: it holds no client secret, so HMAC-signed tokens can never
@@ -328,7 +422,19 @@ impl OidcProvider {
                 Ok(())
             }
         });
-        let claims = id_token.claims(&verifier, nonce)?;
+        let claims = match expect {
+            Expect::Login { nonce } => id_token.claims(&verifier, *nonce)?,
+            Expect::Refresh { subject } => {
+                let claims = id_token.claims(&verifier, |_: Option<&Nonce>| Ok(()))?;
+                if claims.subject().as_str() != *subject {
+                    return Err(E::InvalidSubject(format!(
+                        "the refreshed ID token is for subject `{}`, not the session's",
+                        claims.subject().as_str()
+                    )));
+                }
+                claims
+            }
+        };
 
         // OIDC Core 3.1.3.7 steps 4-5, which openidconnect leaves to the caller.
         let client_id = &self.config.client_id;
@@ -443,17 +549,14 @@ impl IdentityProvider for OidcProvider {
             )
         })?;
         let nonce = Nonce::new(nonce.expose().clone());
-        let verified = match self.verify_id_token(&d, id_token, &nonce, response.access_token()) {
-            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
-                openidconnect::SignatureVerificationError::NoMatchingKey,
-            )) => {
-                // The provider may have rotated its keys: refetch once (rate-limited) and retry.
-                self.refetch_jwks(&d).await?;
-                self.verify_id_token(&d, id_token, &nonce, response.access_token())
-            }
-            other => other,
-        };
-        let (mut profile, provider_sid) = verified.map_err(id_token_error)?;
+        let (mut profile, provider_sid) = self
+            .verify_fetched_id_token(
+                &d,
+                id_token,
+                Expect::Login { nonce: &nonce },
+                response.access_token(),
+            )
+            .await?;
 
         let access_token = Secret::new(response.access_token().secret().clone());
         if profile.is_thin() && d.client.user_info_url().is_some() {
@@ -531,7 +634,8 @@ impl IdentityProvider for OidcProvider {
     async fn refresh(
         &self,
         refresh_token: &Secret<String>,
-    ) -> Result<ProviderTokens, ProviderError> {
+        subject: &str,
+    ) -> Result<ProviderRefresh, ProviderError> {
         let d = self.discovered()?;
         let token = RefreshToken::new(refresh_token.expose().clone());
         let refresh = d.client.exchange_refresh_token(&token);
@@ -541,7 +645,7 @@ impl IdentityProvider for OidcProvider {
         let expires_at = response
             .expires_in()
             .map(|d| Utc::now().timestamp() + i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
-        Ok(ProviderTokens {
+        let mut tokens = ProviderTokens {
             access_token: Secret::new(response.access_token().secret().clone()),
             // Providers that do not rotate return no new refresh token: keep using the old one.
             refresh_token: Some(Secret::new(
@@ -550,9 +654,35 @@ impl IdentityProvider for OidcProvider {
                     .map(|t| t.secret().clone())
                     .unwrap_or_else(|| refresh_token.expose().clone()),
             )),
-            id_token: response.id_token().map(|t| Secret::new(t.to_string())),
+            id_token: None,
             expires_at,
-        })
+        };
+        // A refreshed ID token is validated like the first (OIDC Core 12.2: same iss, aud and
+        // sub); only a valid one is kept (it is later sent as `id_token_hint`).
+        let mut claims = None;
+        if let Some(id_token) = response.id_token() {
+            let expect = Expect::Refresh { subject };
+            match self.verify_fetched_id_token(&d, id_token, expect, response.access_token()).await
+            {
+                Ok((profile, _)) => {
+                    tokens.id_token = Some(Secret::new(id_token.to_string()));
+                    claims = Some(profile);
+                }
+                Err(e) => return Ok(ProviderRefresh { tokens, profile: Err(e) }),
+            }
+        }
+        // The user's current profile: userinfo, over what the refreshed ID token says.
+        let profile = if d.client.user_info_url().is_some() {
+            self.user_info(&tokens.access_token, subject).await.map(|full| {
+                let mut profile = claims
+                    .unwrap_or_else(|| Profile { sub: subject.to_string(), ..Default::default() });
+                profile.merge_from(full);
+                Some(profile)
+            })
+        } else {
+            Ok(claims)
+        };
+        Ok(ProviderRefresh { tokens, profile })
     }
 
     #[tracing::instrument(skip_all)]
