@@ -3,6 +3,15 @@
 use crate::{config::AccessRules, error::AuthError};
 
 impl AccessRules {
+    /// [`Self::check`] for a profile.
+    pub fn check_profile(&self, profile: &crate::domain::Profile) -> Result<(), AuthError> {
+        self.check(
+            profile.email.as_deref(),
+            profile.email_verified,
+            profile.groups.as_deref().unwrap_or_default(),
+        )
+    }
+
     /// Checks a user's groups and email against the allow-lists. With `allowed_email_domains`,
     /// the email must be verified by the provider: an unverified address proves nothing.
     pub fn check(

@@ -367,11 +367,7 @@ impl Authenticator {
             )
             .await?;
 
-        if let Err(denied) = self.config.access.check(
-            login.profile.email.as_deref(),
-            login.profile.email_verified,
-            login.profile.groups.as_deref().unwrap_or_default(),
-        ) {
+        if let Err(denied) = self.config.access.check_profile(&login.profile) {
             info!(sub = %login.profile.sub, error = %denied, "login refused");
             return Err(denied);
         }
@@ -482,15 +478,7 @@ impl Authenticator {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mut fresh = self.provider.user_info(&access_token, &claims.sub).await?;
         fresh.sub = stored.sub.clone();
-        if let Err(denied) = self.config.access.check(
-            fresh.email.as_deref(),
-            fresh.email_verified,
-            fresh.groups.as_deref().unwrap_or_default(),
-        ) {
-            self.revoke(&session.id).await?;
-            info!(sid = %session.id, error = %denied, "access no longer allowed; session revoked");
-            return Err(denied);
-        }
+        self.revoke_unless_allowed(&session.id, &fresh).await?;
         self.store.update_session_profile(&session.id, &self.profile_json(&fresh)?, None).await?;
         Ok(fresh)
     }

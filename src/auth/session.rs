@@ -152,15 +152,7 @@ impl Authenticator {
         };
         // The access rules, on the profile as the provider now sees it (or as stored, when the
         // session cannot be refreshed at the provider: the rules may have changed).
-        if let Err(denied) = self.config.access.check(
-            profile.email.as_deref(),
-            profile.email_verified,
-            profile.groups.as_deref().unwrap_or_default(),
-        ) {
-            self.revoke(&session.id).await?;
-            info!(sid = %session.id, error = %denied, "access no longer allowed at refresh; session revoked");
-            return Err(denied);
-        }
+        self.revoke_unless_allowed(&session.id, &profile).await?;
         // A profile or token too large keeps the session: once the administrator narrows the
         // claims, the same handle works again.
         session.profile = match self.profile_json(&profile) {
@@ -191,6 +183,19 @@ impl Authenticator {
             Rotation::HandleUsed => Err(self.reuse_detected(&session.id).await),
             Rotation::SessionChanged => Err(AuthError::SessionEnded),
         }
+    }
+
+    /// Applies the access rules to a session's current profile: a user they no longer allow
+    /// loses the session (revoked everywhere) and gets the rule's refusal.
+    pub(super) async fn revoke_unless_allowed(
+        &self,
+        session_id: &str,
+        profile: &Profile,
+    ) -> Result<(), AuthError> {
+        let Err(denied) = self.config.access.check_profile(profile) else { return Ok(()) };
+        self.revoke(session_id).await?;
+        info!(sid = %session_id, error = %denied, "access no longer allowed; session revoked");
+        Err(denied)
     }
 
     /// A used refresh handle came back: the session is revoked (RFC 9700 §4.14.2).

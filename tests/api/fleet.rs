@@ -677,17 +677,11 @@ async fn forged_or_replayed_logout_tokens_are_refused() {
     // The revocation fails (an injected database fault): the provider's retry of the same
     // token must not be taken for a replay.
     let token = fake.logout_token(&base);
-    app.sql(
-        "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
-         CREATE TRIGGER injected_fault BEFORE UPDATE ON sessions \
-         FOR EACH ROW EXECUTE FUNCTION injected_fault();",
-    )
-    .await;
+    app.inject_fault("UPDATE", "sessions").await;
     let (status, body) = post(form(&token), "application/x-www-form-urlencoded").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(validate(&app, &done.access_token).await.valid, "the revocation did not commit");
-    app.sql("DROP TRIGGER injected_fault ON sessions").await;
+    app.clear_fault("sessions").await;
 
     // The genuine token ends the session on the retry; replaying it then is refused.
     let (status, body) = post(form(&token), "application/x-www-form-urlencoded").await;

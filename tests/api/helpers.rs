@@ -353,6 +353,22 @@ impl TestApp {
         }
     }
 
+    /// Makes every `event` (`INSERT`, `UPDATE`, `DELETE`) on `table` fail (PostgreSQL only),
+    /// until [`Self::clear_fault`].
+    pub async fn inject_fault(&self, event: &str, table: &str) {
+        self.sql(&format!(
+            "CREATE OR REPLACE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+             CREATE TRIGGER injected_fault BEFORE {event} ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION injected_fault();"
+        ))
+        .await;
+    }
+
+    pub async fn clear_fault(&self, table: &str) {
+        self.sql(&format!("DROP TRIGGER injected_fault ON {table}")).await;
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

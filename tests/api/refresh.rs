@@ -195,16 +195,10 @@ async fn a_failed_handle_rotation_leaves_the_old_handle_usable() {
     let fake = FakeProvider::start().await;
     let app = fake_app_with(&fake, &[("AUTHGATE_REFRESH_AT_PROVIDER", "false")]).await;
     let done = sign_in(&app, &fake).await;
-    app.sql(
-        "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
-         CREATE TRIGGER injected_fault BEFORE INSERT ON refresh_handles \
-         FOR EACH ROW EXECUTE FUNCTION injected_fault();",
-    )
-    .await;
+    app.inject_fault("INSERT", "refresh_handles").await;
     let err = refresh(&app, &done.refresh_token).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
-    app.sql("DROP TRIGGER injected_fault ON refresh_handles").await;
+    app.clear_fault("refresh_handles").await;
     let refreshed = refresh(&app, &done.refresh_token).await.expect("the handle was not spent");
     assert!(validate(&app, &refreshed.access_token).await.valid);
 }
