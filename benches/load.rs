@@ -41,7 +41,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CLIENT_ID: &str = "bench-client";
 const REDIRECT_URI: &str = "http://localhost:5173/callback";
-const ENCRYPTION_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+/// This run's encryption key: generated (authgate refuses published keys).
+fn encryption_key() -> &'static str {
+    static KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    });
+    &KEY
+}
 const POOL_SIZE: u32 = 16;
 
 // ------------------------------------------------------------ options --
@@ -254,7 +261,7 @@ async fn start_server_with(database_url: &str, issuer: &str, internal: bool) -> 
         .env("AUTHGATE_CLIENT_ID", CLIENT_ID)
         .env("AUTHGATE_CLIENT_SECRET", "bench-secret")
         .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
-        .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
         .env("AUTHGATE_DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -35,6 +35,10 @@ pub enum AuthError {
     /// The user's claims are more than authgate can carry in a token or keep per session.
     #[error("{0}")]
     ProfileTooLarge(String),
+    /// A request authenticated by the session cookie shows no sign of coming from an allowed
+    /// page (cross-site request forgery defence).
+    #[error("{0}")]
+    CrossSite(String),
     /// The caller's authgate token is missing or invalid.
     #[error("{0}")]
     Unauthenticated(String),
@@ -104,6 +108,7 @@ impl AuthError {
             Self::AttemptExpired => "expired_state",
             Self::BindingMismatch => "binding_mismatch",
             Self::AccessDenied { .. } => "access_denied",
+            Self::CrossSite(_) => "cross_site",
             Self::ProfileTooLarge(_) => "profile_too_large",
             Self::Unauthenticated(_) | Self::SessionEnded => "unauthenticated",
             Self::Provider(ProviderError::Rejected { error, .. }) => match error.as_str() {
@@ -161,7 +166,7 @@ impl AuthError {
             Self::AttemptNotFound | Self::AttemptExpired | Self::ProfileTooLarge(_) => {
                 (K::FailedPrecondition, self.to_string())
             }
-            Self::BindingMismatch | Self::AccessDenied { .. } => {
+            Self::BindingMismatch | Self::AccessDenied { .. } | Self::CrossSite(_) => {
                 (K::PermissionDenied, self.to_string())
             }
             Self::Unauthenticated(_) | Self::SessionEnded => (K::Unauthenticated, self.to_string()),

@@ -204,6 +204,11 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.development_mode {
+        tracing::warn!(
+            "development_mode is on: published encryption keys are accepted; never run it so with real users"
+        );
+    }
     if let Some(path) = &config.encryption_key.generated_at {
         tracing::info!(path = %path.display(), "using the encryption key file beside the SQLite database");
     }

@@ -133,7 +133,7 @@ proptest! {
             ("AUTHGATE_ISSUER_URL", "https://dev-123.okta.com/oauth2/default"),
             ("AUTHGATE_CLIENT_ID", "client"),
             ("AUTHGATE_CLIENT_SECRET", "s3cret-value"),
-            ("AUTHGATE_ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            ("AUTHGATE_ENCRYPTION_KEY", "RAw6QR+97MkqXp/w8lEawwb6N1oxUKv0pN/jB2KAvIg="),
             ("DATABASE_URL", "postgres://u:pw@127.0.0.1/db"),
         ]
         .into_iter()

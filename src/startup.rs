@@ -427,6 +427,7 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
                 "grpc-timeout",
                 "connect-protocol-version",
                 "connect-timeout-ms",
+                crate::auth::csrf::CSRF_HEADER,
             ]
             .map(HeaderName::from_static),
         )

@@ -105,11 +105,13 @@ pub struct Identity {
 
 impl super::Authenticator {
     /// The gateway check (Envoy ext_authz, nginx `auth_request`): a bearer token (checked from
-    /// memory, like ValidateToken) or else the browser session cookie, then the access rules.
+    /// memory, like ValidateToken) or else the browser session cookie — for which the original
+    /// request must pass the cross-site rule ([`super::csrf`]) — then the access rules.
     pub async fn check_access(
         &self,
         bearer: Option<&str>,
         cookie: Option<&str>,
+        signals: &super::csrf::RequestSignals<'_>,
     ) -> Result<Identity, AuthError> {
         let (identity, email_verified) = match (bearer, cookie) {
             (Some(token), _) => match self.validate_token(token).await? {
@@ -132,13 +134,17 @@ impl super::Authenticator {
                 }
             },
             (None, Some(cookie)) => {
-                let (session, profile) =
-                    self.authenticate_cookie(cookie).await.inspect_err(|e| {
-                        crate::metrics::inc(
-                            "authgate_access_checks_total",
-                            &[("result", e.reason_code())],
-                        );
-                    })?;
+                let (session, profile) = async {
+                    self.csrf.check(signals)?;
+                    self.authenticate_cookie(cookie).await
+                }
+                .await
+                .inspect_err(|e| {
+                    crate::metrics::inc(
+                        "authgate_access_checks_total",
+                        &[("result", e.reason_code())],
+                    );
+                })?;
                 let verified = profile.email_verified;
                 (
                     Identity {

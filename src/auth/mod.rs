@@ -3,6 +3,7 @@
 //! `http` convert their requests into these calls and map [`AuthError`] to their own statuses.
 
 mod access;
+pub mod csrf;
 mod pending;
 mod session;
 
@@ -95,6 +96,8 @@ pub struct Authenticator {
     writes: Writes,
     /// Login attempts pending on this replica (for `/metrics`: no table scan).
     pending: PendingAttempts,
+    /// The cross-site rule for cookie-authenticated requests.
+    csrf: csrf::CsrfPolicy,
 }
 
 /// The batched writes of the login path.
@@ -142,7 +145,14 @@ impl Authenticator {
         revocations: Arc<Revocations>,
     ) -> Self {
         let writes = Writes::start(&store, config.database_max_connections);
+        let public_origin = config.public_url.origin().ascii_serialization();
+        let csrf = csrf::CsrfPolicy::new(
+            std::iter::once(public_origin.as_str())
+                .chain(config.cors_allowed_origins.iter().map(String::as_str)),
+            config.csrf_all_methods,
+        );
         Self {
+            csrf,
             config,
             store,
             provider,

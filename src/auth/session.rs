@@ -348,9 +348,14 @@ impl Authenticator {
         self.end_session(&session, uri.as_deref(), state.as_deref()).await
     }
 
-    /// Logout for a browser session cookie.
+    /// Logout for a browser session cookie (a cross-site request is refused: see [`super::csrf`]).
     #[tracing::instrument(skip_all)]
-    pub async fn logout_cookie(&self, cookie: &str) -> Result<Option<Url>, AuthError> {
+    pub async fn logout_cookie(
+        &self,
+        cookie: &str,
+        signals: &super::csrf::RequestSignals<'_>,
+    ) -> Result<Option<Url>, AuthError> {
+        self.csrf.check(signals)?;
         let (uri, _) = self.logout_target(None, None)?;
         let (session, _) = self.authenticate_cookie(cookie).await?;
         self.end_session(&session, uri.as_deref(), None).await

@@ -38,8 +38,13 @@ pub struct Config {
     pub access: AccessRules,
     /// Prefix of the identity headers the gateway checks add (`<prefix>sub`, `email`, `groups`).
     pub identity_header_prefix: String,
-    /// Browser origins allowed to call authgate over grpc-web / fetch (CORS).
+    /// Browser origins allowed to call authgate over grpc-web / fetch (CORS), and to send
+    /// cookie-authenticated unsafe requests (CSRF defence, with the site's own origin).
     pub cors_allowed_origins: Vec<String>,
+    /// Apply the CSRF rule to every method, not only unsafe ones.
+    pub csrf_all_methods: bool,
+    /// Accept the encryption keys published in authgate's repository (throwaway setups only).
+    pub development_mode: bool,
     pub tokens: TokenConfig,
     /// How long a login attempt (state, nonce, PKCE verifier) stays redeemable.
     pub attempt_ttl: Duration,
@@ -100,11 +105,24 @@ impl DatabaseConfig {
     }
 }
 
+/// A database URL without its secrets: the password (in the user part or as a `password` /
+/// `sslpassword` query parameter) replaced by `redacted`.
 fn redact_url(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("redacted"));
+            }
+            if url.query().is_some() {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k.eq_ignore_ascii_case("password")
+                            || k.eq_ignore_ascii_case("sslpassword");
+                        (k.into_owned(), if secret { "redacted".into() } else { v.into_owned() })
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
             }
             url.to_string()
         }
@@ -286,6 +304,8 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("allowed_email_domains", Kind::List),
     ("identity_header_prefix", Kind::Scalar),
     ("refresh_at_provider", Kind::Scalar),
+    ("development_mode", Kind::Scalar),
+    ("csrf_all_methods", Kind::Scalar),
     ("revocation_sync_interval", Kind::Scalar),
     ("key_rotation_interval", Kind::Scalar),
     ("key_publish_ahead", Kind::Scalar),

@@ -100,6 +100,18 @@ impl Parser {
         }
     }
 
+    pub(super) fn boolean(&mut self, raw: &Raw, key: &'static str, default: bool) -> bool {
+        match raw.scalar(key) {
+            None => default,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                self.problem(key, format!("`{other}` is not true or false"));
+                default
+            }
+        }
+    }
+
     /// A duration that may be zero, at most `max`.
     pub(super) fn duration_up_to(
         &mut self,
@@ -332,14 +344,8 @@ impl Parser {
             );
         }
         let otlp_endpoint = self.url(raw, "otlp_endpoint").map(|u| u.to_string());
-        let refresh_at_provider = match raw.scalar("refresh_at_provider").unwrap_or("true") {
-            "true" => true,
-            "false" => false,
-            other => {
-                self.problem("refresh_at_provider", format!("`{other}` is not true or false"));
-                true
-            }
-        };
+        let refresh_at_provider = self.boolean(raw, "refresh_at_provider", true);
+        let csrf_all_methods = self.boolean(raw, "csrf_all_methods", false);
         let mut post_login_redirect_urls = Vec::new();
         for u in raw.lists.get("post_login_redirect_urls").into_iter().flatten() {
             match RedirectUri::parse(u) {
@@ -420,7 +426,8 @@ impl Parser {
             );
         }
 
-        let encryption_key = self.encryption_key(raw, database.as_ref());
+        let development_mode = self.boolean(raw, "development_mode", false);
+        let encryption_key = self.encryption_key(raw, database.as_ref(), development_mode);
 
         let log_format = match raw.scalar("log_format").unwrap_or("text") {
             "text" => LogFormat::Text,
@@ -527,6 +534,8 @@ impl Parser {
                 access,
                 identity_header_prefix,
                 cors_allowed_origins,
+                csrf_all_methods,
+                development_mode,
                 tokens,
                 attempt_ttl,
                 session_max_age,
@@ -548,10 +557,20 @@ impl Parser {
         &mut self,
         raw: &Raw,
         database: Option<&DatabaseConfig>,
+        development_mode: bool,
     ) -> Option<EncryptionKey> {
         const HOW: &str = "generate one with `openssl rand -base64 32`";
         if let Some(value) = self.secret(raw, "encryption_key", "encryption_key_file") {
             return match decode_key(value.expose()) {
+                Some(key) if is_published_key(&key) && !development_mode => {
+                    self.problem(
+                        "encryption_key",
+                        format!(
+                            "is a key published in authgate's repository (the tests, the benchmark or docker-compose.yml) or a trivially guessable one, so anyone can decrypt what it protects; {HOW}, or set development_mode = true (AUTHGATE_DEVELOPMENT_MODE) for a throwaway local setup"
+                        ),
+                    );
+                    None
+                }
                 Some(key) => Some(EncryptionKey { key: Secret::new(key), generated_at: None }),
                 None => {
                     self.problem(
@@ -597,6 +616,18 @@ impl Parser {
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {
     STANDARD.decode(text.trim()).ok()?.try_into().ok()
+}
+
+/// Encryption keys that have been published — committed to this repository at some point (the
+/// tests', the benchmark's, docker-compose.yml's demo key) — and keys with one byte repeated.
+/// authgate refuses them outside `development_mode`.
+fn is_published_key(key: &[u8; 32]) -> bool {
+    const PUBLISHED: &[&str] = &[
+        "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+        "ZGVtby1vbmx5LWRlbW8tb25seS1kZW1vLW9ubHktZGU=",
+    ];
+    key.iter().all(|b| *b == key[0])
+        || PUBLISHED.iter().filter_map(|k| decode_key(k)).any(|published| published == *key)
 }
 
 /// For the embedded SQLite store only: keep the key-encryption key in a file beside the database,

@@ -6,7 +6,7 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+const KEY: &str = "RAw6QR+97MkqXp/w8lEawwb6N1oxUKv0pN/jB2KAvIg=";
 
 fn minimal() -> BTreeMap<String, String> {
     env(&[
@@ -94,6 +94,19 @@ fn secrets_never_show_in_debug_output() {
     assert!(!debug.contains("s3cret-value"), "{debug}");
     assert!(!debug.contains(KEY), "{debug}");
     assert!(!debug.contains(":pw@"), "{debug}");
+    for url in [
+        "postgres://u:p%40ss-word@127.0.0.1/db",
+        "postgres://u@127.0.0.1/db?sslmode=require&password=p%40ss-word",
+        "postgresql://u@127.0.0.1/db?SSLPASSWORD=p%40ss-word",
+    ] {
+        let mut e = minimal();
+        e.insert("DATABASE_URL".into(), url.into());
+        let config = Config::from_sources(None, &e).unwrap();
+        for shown in [format!("{config:?}"), config.database.describe()] {
+            assert!(!shown.contains("p%40ss") && !shown.contains("p@ss"), "{url}: {shown}");
+            assert!(shown.contains("redacted"), "{shown}");
+        }
+    }
 }
 
 #[test]
@@ -141,4 +154,21 @@ fn session_lifetimes_and_the_token_leeway_are_settings() {
     let settings: Vec<_> = err.problems.iter().map(|p| p.setting).collect();
     assert_eq!(settings, vec!["token_leeway", "session_max_age", "session_idle_timeout"], "{err}");
     assert!(err.to_string().contains("longer than token_ttl"), "{err}");
+}
+
+#[test]
+fn published_encryption_keys_are_refused_outside_development_mode() {
+    for published in [
+        "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+        "ZGVtby1vbmx5LWRlbW8tb25seS1kZW1vLW9ubHktZGU=",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ] {
+        let mut e = minimal();
+        e.insert("AUTHGATE_ENCRYPTION_KEY".into(), published.into());
+        let err = Config::from_sources(None, &e).unwrap_err();
+        assert_eq!(err.problems[0].setting, "encryption_key", "{err}");
+        assert!(err.to_string().contains("development_mode"), "{err}");
+        e.insert("AUTHGATE_DEVELOPMENT_MODE".into(), "true".into());
+        assert!(Config::from_sources(None, &e).unwrap().development_mode, "{published}");
+    }
 }

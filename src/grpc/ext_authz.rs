@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::Authenticator,
+    auth::csrf::{CSRF_HEADER, RequestSignals},
     config::SESSION_COOKIE,
     domain::bearer_token,
     error::ErrorKind,
@@ -51,9 +52,24 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
 /// a map or, when configured, as a header map (a value may then be raw bytes). A header given
 /// both ways takes the header map's value.
 pub fn request_headers(request: CheckRequest) -> HashMap<String, String> {
+    original_request(request).headers
+}
+
+/// What a CheckRequest says of the original request.
+pub struct OriginalRequest {
+    pub headers: HashMap<String, String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+}
+
+/// The original request's headers (see [`request_headers`]), method and host.
+pub fn original_request(request: CheckRequest) -> OriginalRequest {
     let http = request.attributes.and_then(|a| a.request).and_then(|r| r.http);
     let mut headers: HashMap<String, String> = HashMap::new();
+    let (mut method, mut host) = (None, None);
     if let Some(http) = http {
+        method = Some(http.method.clone()).filter(|m| !m.is_empty());
+        host = Some(http.host.clone()).filter(|h| !h.is_empty());
         headers.extend(http.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
         for h in http.header_map.map(|m| m.headers).unwrap_or_default() {
             let value = if h.value.is_empty() {
@@ -64,7 +80,7 @@ pub fn request_headers(request: CheckRequest) -> HashMap<String, String> {
             headers.insert(h.key.to_ascii_lowercase(), value);
         }
     }
-    headers
+    OriginalRequest { headers, method, host }
 }
 
 /// A denial Envoy passes on to the client as is: this HTTP status, a JSON body that says why,
@@ -124,25 +140,66 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let headers = request_headers(request.into_inner());
-        let bearer = headers.get("authorization").and_then(|v| bearer_token(v));
-        let cookie = headers
-            .get("cookie")
-            .and_then(|c| cookie_in(c, &self.auth.config().cookie_name(SESSION_COOKIE)));
+        let original = original_request(request.into_inner());
+        let headers = &original.headers;
+        let text = |name: &str| headers.get(name).map(String::as_str);
+        let signals = RequestSignals {
+            method: original.method.as_deref(),
+            host: original.host.as_deref(),
+            origin: text("origin"),
+            sec_fetch_site: text("sec-fetch-site"),
+            csrf_header: headers.contains_key(CSRF_HEADER),
+        };
+        let authorization = text("authorization");
+        let answer = if authorization.is_some_and(|a| a.contains(',')) {
+            // Envoy joins repeated headers with commas; a token never has one.
+            denied(
+                tonic::Code::InvalidArgument,
+                StatusCode::BadRequest,
+                "invalid_argument",
+                "the request carries several Authorization headers; send exactly one".into(),
+                None,
+            )
+        } else {
+            self.check_with(authorization.and_then(bearer_token), &original, &signals).await
+        };
+        Ok(Response::new(answer))
+    }
+}
 
+impl ExtAuthz {
+    async fn check_with(
+        &self,
+        bearer: Option<&str>,
+        original: &OriginalRequest,
+        signals: &RequestSignals<'_>,
+    ) -> CheckResponse {
         let config = self.auth.config();
-        let answer = match self.auth.check_access(bearer, cookie.as_deref()).await {
+        let cookie = original
+            .headers
+            .get("cookie")
+            .and_then(|c| cookie_in(c, &config.cookie_name(SESSION_COOKIE)));
+        match self.auth.check_access(bearer, cookie.as_deref(), signals).await {
             Ok(identity) => {
                 let mut ok = OkHttpResponse::default();
-                for (name, value) in identity_headers(&config.identity_header_prefix, &identity) {
+                let set = identity_headers(&config.identity_header_prefix, &identity);
+                for (name, value) in &set {
                     match value {
                         Some(v) => ok.headers.push(header(
-                            &name,
-                            &v,
+                            name,
+                            v,
                             HeaderAppendAction::OverwriteIfExistsOrAdd,
                         )),
                         // Never let a client-supplied identity header through.
-                        None => ok.headers_to_remove.push(name),
+                        None => ok.headers_to_remove.push(name.clone()),
+                    }
+                }
+                // Nor any other header under the prefix the client made up.
+                for name in original.headers.keys() {
+                    if name.starts_with(&config.identity_header_prefix)
+                        && !set.iter().any(|(n, _)| n == name)
+                    {
+                        ok.headers_to_remove.push(name.clone());
                     }
                 }
                 CheckResponse {
@@ -168,7 +225,6 @@ impl Authorization for ExtAuthz {
                 };
                 denied(grpc, http, kind.as_str(), message, retry_after)
             }
-        };
-        Ok(Response::new(answer))
+        }
     }
 }

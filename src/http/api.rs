@@ -1,5 +1,5 @@
 //! The SPA flow over plain JSON, for front ends that do not speak gRPC:
-//! `GET /api/login`, `GET /api/callback`, `GET /api/userinfo`.
+//! `GET /api/login`, `POST /api/callback` (or `GET`), `GET /api/userinfo`.
 
 use axum::{
     Json,
@@ -59,22 +59,90 @@ pub async fn login(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Res
     }
 }
 
-/// `GET /api/callback?code=...&state=...[&binding=...][&redirect_uri=...]` → the token response.
-/// The binding comes from the query or, failing that, from the cookie `/api/login` set.
+/// `GET /api/callback?code=...&state=...[&binding=...][&redirect_uri=...][&iss=...]` → the
+/// token response. The binding comes from the query or, failing that, from the cookie
+/// `/api/login` set. Prefer `POST`: a query string ends up in access logs and browser history.
 pub async fn callback(
     State(s): State<HttpState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    match query_params(query.as_deref()) {
+        Ok(p) => finish(&s, &headers, &p).await,
+        Err(e) => error_response(e, true),
+    }
+}
+
+/// The fields `POST /api/callback` accepts (those of the redirect, and the binding).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallbackBody {
+    code: Option<String>,
+    state: Option<String>,
+    binding: Option<String>,
+    redirect_uri: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `POST /api/callback` with a JSON body `{"code", "state", "binding"?, "redirect_uri"?, "iss"?}`
+/// (or the redirect's `error`, `error_description`) → the token response; the code and the
+/// binding stay out of URLs and access logs.
+pub async fn callback_post(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return error_response(
+            AuthError::InvalidArgument("send the callback as an application/json body".into()),
+            true,
+        );
+    }
+    let body: CallbackBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error_response(
+                AuthError::InvalidArgument(format!(
+                    "the body is not the callback JSON object ({}): send {{\"code\", \"state\", \"binding\"}} as strings",
+                    e.to_string().chars().take(200).collect::<String>()
+                )),
+                true,
+            );
+        }
+    };
+    let fields = [
+        ("code", body.code),
+        ("state", body.state),
+        ("binding", body.binding),
+        ("redirect_uri", body.redirect_uri),
+        ("iss", body.iss),
+        ("error", body.error),
+        ("error_description", body.error_description),
+    ];
+    let p = fields.into_iter().filter_map(|(k, v)| Some((k.to_string(), v?))).collect();
+    finish(&s, &headers, &p).await
+}
+
+/// Finishes a JSON-flow login from the callback's parameters.
+async fn finish(
+    s: &HttpState,
+    headers: &HeaderMap,
+    p: &std::collections::BTreeMap<String, String>,
+) -> Response {
     let result = async {
-        let p = query_params(query.as_deref())?;
         if let Some(error) = p.get("error") {
             return Err(provider_error(error, p.get("error_description")));
         }
         let binding = p
             .get("binding")
             .cloned()
-            .or_else(|| cookie(&headers, &browser::login_cookie_name(&s)))
+            .or_else(|| cookie(headers, &browser::login_cookie_name(s)))
             .ok_or_else(|| {
                 AuthError::InvalidArgument(
                     "`binding` is required: pass the binding /api/login returned (or keep its cookie)"
@@ -96,7 +164,7 @@ pub async fn callback(
     match result {
         Ok(done) => (
             AppendHeaders([
-                (header::SET_COOKIE, browser::login_cookie(&s, None)),
+                (header::SET_COOKIE, browser::login_cookie(s, None)),
                 (header::CACHE_CONTROL, "no-store".to_string()),
             ]),
             Json(token_response(&done)),

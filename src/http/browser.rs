@@ -9,7 +9,10 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use super::{HttpState, api, cookie, error_response, escape, page, query_params, wants_json};
+use super::{
+    HttpState, api, cookie, error_response, escape, host, page, query_params, request_signals,
+    wants_json,
+};
 use crate::{
     auth::{FinishLogin, StartLogin},
     error::AuthError,
@@ -146,7 +149,11 @@ pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response 
     let as_json = wants_json(&headers);
     let result = async {
         let url = match cookie(&headers, &session_cookie_name(&s)) {
-            Some(c) => match s.auth.logout_cookie(&c).await {
+            Some(c) => match s
+                .auth
+                .logout_cookie(&c, &request_signals(&headers, Some("POST"), host(&headers)))
+                .await
+            {
                 Ok(url) => url.map(String::from),
                 // Already ended: logging out again is not an error.
                 Err(AuthError::SessionEnded | AuthError::Unauthenticated(_)) => None,

@@ -10,16 +10,30 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{HttpState, browser, cookie, error_response, identity_headers};
+use super::{HttpState, browser, cookie, error_response, host, identity_headers, request_signals};
+use crate::error::AuthError;
 
 pub async fn check(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    // Two Authorization headers: which one the upstream reads is anyone's guess.
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return error_response(
+            AuthError::InvalidArgument(
+                "the request carries several Authorization headers; send exactly one".into(),
+            ),
+            true,
+        );
+    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::domain::bearer_token)
         .map(String::from);
     let session = cookie(&headers, &browser::session_cookie_name(&s));
-    match s.auth.check_access(bearer.as_deref(), session.as_deref()).await {
+    // The original request's method, as the proxy forwards it (nginx:
+    // `proxy_set_header X-Original-Method $request_method;`); without it, GET.
+    let method = headers.get("x-original-method").and_then(|v| v.to_str().ok());
+    let signals = request_signals(&headers, method, host(&headers));
+    match s.auth.check_access(bearer.as_deref(), session.as_deref(), &signals).await {
         Ok(identity) => {
             let mut response = Json(
                 json!({ "sub": identity.sub, "email": identity.email, "groups": identity.groups }),

@@ -56,7 +56,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/authorization-code/callback", get(browser::callback))
         .route("/authorization-code/logout", post(browser::logout))
         .route("/api/login", get(api::login))
-        .route("/api/callback", get(api::callback))
+        .route("/api/callback", get(api::callback).post(api::callback_post))
         .route("/api/userinfo", get(api::userinfo))
         .route("/auth/check", get(check::check))
         .route("/.well-known/jwks.json", get(keys::jwks))
@@ -195,6 +195,33 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find_map(|v| cookie_in(v, name))
 }
 
+/// What a request's headers say about where it came from (the CSRF rule's input), for a
+/// request with this method sent to this host.
+pub fn request_signals<'a>(
+    headers: &'a HeaderMap,
+    method: Option<&'a str>,
+    host: Option<&'a str>,
+) -> crate::auth::csrf::RequestSignals<'a> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::auth::csrf::RequestSignals {
+        method,
+        host,
+        origin: text("origin"),
+        sec_fetch_site: text("sec-fetch-site"),
+        csrf_header: headers.contains_key(crate::auth::csrf::CSRF_HEADER),
+    }
+}
+
+/// The host a request was sent to: `X-Forwarded-Host` (a proxy's, for a gateway sub-request),
+/// else `Host`.
+pub fn host(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').next().unwrap_or(v).trim())
+}
+
 /// The value of cookie `name` in one `Cookie` header value.
 pub fn cookie_in(header: &str, name: &str) -> Option<String> {
     header
@@ -205,12 +232,14 @@ pub fn cookie_in(header: &str, name: &str) -> Option<String> {
 }
 
 /// The identity headers a gateway check adds: `<prefix>sub`, `<prefix>email`, `<prefix>groups`
-/// (comma-separated). `None` means the header must be removed (a client could have sent it).
-/// Values that are not visible ASCII are percent-encoded.
+/// (comma-separated, kept as it was: ambiguous when a group contains a comma) and
+/// `<prefix>groups-json` (a JSON array of strings, every non-ASCII character `\u`-escaped: one
+/// unambiguous, header-safe reading). `None` means the header must be removed (a client could
+/// have sent it). Values that are not visible ASCII are percent-encoded.
 pub fn identity_headers(
     prefix: &str,
     identity: &crate::auth::Identity,
-) -> [(String, Option<String>); 3] {
+) -> [(String, Option<String>); 4] {
     let encode = |v: &str| {
         if v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             v.to_string()
@@ -225,7 +254,26 @@ pub fn identity_headers(
             format!("{prefix}groups"),
             (!identity.groups.is_empty()).then(|| encode(&identity.groups.join(","))),
         ),
+        (format!("{prefix}groups-json"), Some(ascii_json(&identity.groups))),
     ]
+}
+
+/// A JSON array of strings in printable ASCII only: `serde_json` escapes quotes, backslashes
+/// and control characters; every other non-ASCII character becomes `\uXXXX` (UTF-16).
+pub fn ascii_json(items: &[String]) -> String {
+    let json = serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Minimal HTML escaping for text and attribute values.
@@ -407,6 +455,18 @@ mod tests {
         assert!(query_params(Some("state=1&state=2")).is_err());
         assert!(query_params(Some(&"a".repeat(MAX_QUERY_LEN + 1))).is_err());
         assert!(query_params(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_json_is_unambiguous_and_header_safe() {
+        let groups: Vec<String> =
+            ["admins", "a,b", "quote\"d", "Ünïcödé", "emoji 🦀", "tab\t"].map(String::from).into();
+        let json = ascii_json(&groups);
+        assert!(json.bytes().all(|b| (0x20..0x7f).contains(&b)), "{json}");
+        assert!(HeaderValue::from_str(&json).is_ok());
+        let back: Vec<String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, groups, "reads back exactly, commas and all");
+        assert_eq!(ascii_json(&[]), "[]");
     }
 
     #[test]

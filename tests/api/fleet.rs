@@ -4,13 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use authgate::{
-    crypto::Cipher,
-    pb::{
-        ExchangeCodeRequest, GetJwksRequest, GetLoginUrlRequest, GetUserInfoRequest, InvalidReason,
-        LogoutRequest, RefreshSessionRequest,
-    },
-    secret::Secret,
+use authgate::pb::{
+    ExchangeCodeRequest, GetJwksRequest, GetLoginUrlRequest, GetUserInfoRequest, InvalidReason,
+    LogoutRequest, RefreshSessionRequest,
 };
 use base64::Engine;
 use reqwest::StatusCode;
@@ -43,27 +39,7 @@ async fn until_revoked(app: &TestApp, token: &str, within: Duration) -> Duration
 /// The provider refresh token authgate holds for a session, decrypted from the database.
 async fn provider_refresh_token(app: &TestApp, session_id: &str) -> Option<String> {
     let Some(Db::Postgres(db)) = &app.db else { panic!("needs PostgreSQL") };
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let sealed: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT provider_refresh_token FROM sessions WHERE id = $1")
-            .bind(session_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(ENCRYPTION_KEY)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let cipher = Cipher::new(&Secret::new(key));
-    sealed.map(|s| {
-        cipher
-            .decrypt_secret(&s, &format!("session:{session_id}:refresh"))
-            .unwrap()
-            .expose()
-            .clone()
-    })
+    provider_token(&db.url, session_id, "refresh").await
 }
 
 /// Asks the real provider whether a token is still active (RFC 7662).
@@ -268,7 +244,7 @@ async fn keys_rotate_by_command_published_before_they_sign() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("DATABASE_URL", &db.url)
-        .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
         .env("AUTHGATE_ISSUER_URL", &dev_provider().issuer)
         .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
         .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)

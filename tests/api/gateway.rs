@@ -18,7 +18,7 @@ use authgate::{
     },
     pb::{ExchangeCodeRequest, GetLoginUrlRequest},
 };
-use axum::{Json, Router, http::HeaderMap, routing::get};
+use axum::{Json, Router, http::HeaderMap, routing::any};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tonic::Code;
@@ -30,10 +30,19 @@ use crate::{
 };
 
 pub(crate) async fn envoy_check(app: &TestApp, headers: &[(&str, &str)]) -> CheckResponse {
+    envoy_check_request(app, "GET", headers).await
+}
+
+/// Envoy's Check for a `method` request to `https://shop.example.com/orders`.
+async fn envoy_check_request(
+    app: &TestApp,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> CheckResponse {
     let channel =
         tonic::transport::Channel::from_shared(app.base_url()).unwrap().connect().await.unwrap();
     let http = HttpRequest {
-        method: "GET".into(),
+        method: method.into(),
         path: "/orders".into(),
         host: "shop.example.com".into(),
         headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -193,7 +202,7 @@ async fn auth_check_answers_200_with_identity_headers_or_401() {
 async fn echo_upstream() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = Router::new().fallback(get(|headers: HeaderMap| async move {
+    let app = Router::new().fallback(any(|headers: HeaderMap| async move {
         let map: HashMap<String, String> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
@@ -244,9 +253,11 @@ http {{
       auth_request_set $authgate_sub $upstream_http_x_authgate_sub;
       auth_request_set $authgate_email $upstream_http_x_authgate_email;
       auth_request_set $authgate_groups $upstream_http_x_authgate_groups;
+      auth_request_set $authgate_groups_json $upstream_http_x_authgate_groups_json;
       proxy_set_header X-Authgate-Sub $authgate_sub;
       proxy_set_header X-Authgate-Email $authgate_email;
       proxy_set_header X-Authgate-Groups $authgate_groups;
+      proxy_set_header X-Authgate-Groups-Json $authgate_groups_json;
       proxy_pass http://127.0.0.1:{upstream};
     }}
     location = /_authgate {{
@@ -255,6 +266,8 @@ http {{
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $http_host;
     }}
   }}
 }}
@@ -302,6 +315,7 @@ async fn nginx_auth_request_passes_identity_and_refuses_anonymous_requests() {
     assert_eq!(seen["x-authgate-sub"], "00u1alice", "nginx replaced the spoofed header");
     assert_eq!(seen["x-authgate-email"], "alice@example.com");
     assert_eq!(seen["x-authgate-groups"], "Everyone,admins");
+    assert_eq!(seen["x-authgate-groups-json"], r#"["Everyone","admins"]"#);
 
     for request in [
         http.get(&url),
@@ -498,20 +512,31 @@ async fn readyz_flips_while_the_database_is_down_and_recovers() {
 #[tokio::test]
 async fn the_cli_checks_the_configuration_and_explains_itself() {
     let db = TestDatabase::create().await;
+    // A password in the URL (the test PostgreSQL trusts local connections and ignores it): no
+    // command may print it.
+    const DB_PASSWORD: &str = "cli-Pa55word";
+    let url = db.url.replacen("://postgres@", &format!("://postgres:{DB_PASSWORD}@"), 1);
     let run = |args: &[&str], issuer: &str| {
-        Command::new(env!("CARGO_BIN_EXE_authgate"))
+        let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
-            .env("DATABASE_URL", &db.url)
-            .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+            .env("DATABASE_URL", &url)
+            .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
             .env("AUTHGATE_ISSUER_URL", issuer)
             .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
             .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
             .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
             .env("AUTHGATE_PROVIDER_TIMEOUT", "2")
             .output()
-            .unwrap()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(DB_PASSWORD), "{args:?} printed the database password: {all}");
+        out
     };
     let issuer = dev_provider().issuer.clone();
     let out = run(&["migrate"], &issuer);
@@ -522,7 +547,7 @@ async fn the_cli_checks_the_configuration_and_explains_itself() {
     for check in ["configuration", "provider", "database", "signing keys"] {
         assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(check)), "{check}: {text}");
     }
-    assert!(!text.contains(TEST_CLIENT_SECRET) && !text.contains(ENCRYPTION_KEY));
+    assert!(!text.contains(TEST_CLIENT_SECRET) && !text.contains(encryption_key()));
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let out = run(&["check-config"], &format!("http://{closed}/oauth2/default"));
@@ -592,7 +617,7 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
         .env("PATH", std::env::var("PATH").unwrap())
         .env("RUST_LOG", "info,authgate=debug")
         .env("DATABASE_URL", &db.url)
-        .env("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
         .env("AUTHGATE_ISSUER_URL", &dev_provider().issuer)
         .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
         .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
@@ -677,4 +702,150 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
     );
     assert!(lines.iter().any(|l| l["message"] == "authgate stopped"));
     assert!(!logs.contains(TEST_CLIENT_SECRET));
+}
+
+/// The CSRF rule at both gateways: a request authenticated by the session cookie with an unsafe
+/// method must come from an allowed page (its own origin, an allow-listed one, a same-site
+/// fetch without Origin, or carrying X-CSRF); links (GET) always pass; bearer tokens are exempt.
+#[tokio::test]
+async fn gateway_checks_refuse_cross_site_requests_authenticated_by_the_cookie() {
+    let (app, _provider) = app_with_http_callback().await;
+    let cookie = format!("authgate_session={}", browser_session(&app, BOB).await);
+    let bearer = format!("Bearer {}", full_login(&app, ALICE).await.access_token);
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, bool);
+    let cases: Vec<Case> = vec![
+        ("POST", vec![("origin", "https://evil.example.net")], false),
+        (
+            "POST",
+            vec![("origin", "https://sibling.example.com"), ("sec-fetch-site", "same-site")],
+            false,
+        ),
+        ("DELETE", vec![("origin", "null")], false),
+        ("POST", vec![("sec-fetch-site", "cross-site")], false),
+        ("POST", vec![], false),
+        ("POST", vec![("origin", "https://shop.example.com")], true),
+        ("PUT", vec![("sec-fetch-site", "same-origin")], true),
+        ("POST", vec![("x-csrf", "1")], true),
+        (
+            "GET",
+            vec![("origin", "https://evil.example.net"), ("sec-fetch-site", "cross-site")],
+            true,
+        ),
+        ("HEAD", vec![], true),
+    ];
+    for (method, extra, allowed) in &cases {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        headers.extend(extra.iter().copied());
+        let r = envoy_check_request(&app, method, &headers).await;
+        if *allowed {
+            ok_headers(&r);
+        } else {
+            let (grpc, http, _, body) = denied(&r);
+            assert_eq!((grpc, http), (Code::PermissionDenied as i32, 403), "{method} {extra:?}");
+            assert!(body.contains("cross-site request refused"), "{body}");
+        }
+    }
+    // A bearer token is never attached by a browser on its own: no cross-site rule.
+    let r = envoy_check_request(
+        &app,
+        "POST",
+        &[("authorization", &bearer), ("origin", "https://evil.example.net")],
+    )
+    .await;
+    ok_headers(&r);
+
+    // /auth/check, as nginx asks it: the original method and host in headers.
+    let check = |method: Option<&'static str>, origin: &'static str| {
+        let (url, cookie) = (format!("{}/auth/check", app.base_url()), cookie.clone());
+        async move {
+            let mut request = reqwest::Client::new()
+                .get(url)
+                .header("cookie", cookie)
+                .header("x-forwarded-host", "shop.example.com")
+                .header("origin", origin);
+            if let Some(method) = method {
+                request = request.header("x-original-method", method);
+            }
+            request.send().await.unwrap().status()
+        }
+    };
+    assert_eq!(check(Some("POST"), "https://evil.example.net").await, StatusCode::FORBIDDEN);
+    assert_eq!(check(Some("POST"), "https://shop.example.com").await, StatusCode::OK);
+    assert_eq!(check(Some("GET"), "https://evil.example.net").await, StatusCode::OK);
+    assert_eq!(check(None, "https://evil.example.net").await, StatusCode::OK, "no method: GET");
+}
+
+/// Through a real nginx: a cross-site POST carrying the session cookie is refused, the same
+/// POST from the site's own page passes, and links pass.
+#[tokio::test]
+async fn nginx_refuses_a_cross_site_post_carrying_the_session_cookie() {
+    let (app, _provider) = app_with_http_callback().await;
+    let cookie = format!("authgate_session={}", browser_session(&app, BOB).await);
+    let upstream = echo_upstream().await;
+    let nginx = start_nginx(&app.base_url(), upstream).await;
+    let url = format!("http://127.0.0.1:{}/orders", nginx.port);
+    let own = format!("http://127.0.0.1:{}", nginx.port);
+    let send = |method: reqwest::Method, origin: String| {
+        let (url, cookie) = (url.clone(), cookie.clone());
+        async move {
+            reqwest::Client::new()
+                .request(method, url)
+                .header("cookie", cookie)
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let foreign = "http://evil.example.net".to_string();
+    assert_eq!(send(reqwest::Method::POST, foreign.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(send(reqwest::Method::POST, own).await, StatusCode::OK);
+    assert_eq!(send(reqwest::Method::GET, foreign).await, StatusCode::OK);
+}
+
+/// The identity headers: the comma-joined groups stay as they were, `groups-json` reads back
+/// exactly; every header under the prefix that the client sent is removed (Envoy); several
+/// Authorization headers are refused rather than guessed between.
+#[tokio::test]
+async fn identity_headers_are_unambiguous_and_client_copies_are_removed() {
+    let app = spawn_app(AppOptions::real()).await;
+    let token = full_login(&app, ALICE).await.access_token;
+    let bearer = format!("Bearer {token}");
+    let r = envoy_check(
+        &app,
+        &[
+            ("authorization", &bearer),
+            ("x-authgate-groups-json", r#"["admins","root"]"#),
+            ("x-authgate-role", "admin"),
+            ("x-authgate-email", "mallory@example.com"),
+        ],
+    )
+    .await;
+    let (set, removed) = ok_headers(&r);
+    assert_eq!(set["x-authgate-groups"], "Everyone,admins");
+    assert_eq!(set["x-authgate-groups-json"], r#"["Everyone","admins"]"#);
+    assert_eq!(set["x-authgate-email"], "alice@example.com", "overwritten");
+    assert!(removed.contains(&"x-authgate-role".to_string()), "{removed:?}");
+
+    let r = envoy_check(&app, &[("authorization", &format!("{bearer}, Bearer forged"))]).await;
+    let (_, http, _, body) = denied(&r);
+    assert_eq!(http, 400, "{body}");
+    assert!(body.contains("several Authorization headers"), "{body}");
+    let twice = reqwest::Client::new()
+        .get(format!("{}/auth/check", app.base_url()))
+        .header("authorization", &bearer)
+        .header("authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    let once = reqwest::Client::new()
+        .get(format!("{}/auth/check", app.base_url()))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(once.status(), StatusCode::OK);
+    assert_eq!(once.headers()["x-authgate-groups-json"], r#"["Everyone","admins"]"#);
 }

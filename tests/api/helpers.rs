@@ -23,7 +23,42 @@ pub const TEST_CLIENT_ID: &str = "authgate-test";
 pub const TEST_CLIENT_SECRET: &str = "authgate-test-secret-0123456789";
 pub const POST_CLIENT_ID: &str = "authgate-post";
 pub const POST_CLIENT_SECRET: &str = "authgate-post-secret-0123456789";
-pub const ENCRYPTION_KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+/// A provider token (`field`: `access`, `refresh` or `id`) authgate holds for a session in the
+/// PostgreSQL database at `url`, decrypted with this run's key.
+pub async fn provider_token(url: &str, session_id: &str, field: &str) -> Option<String> {
+    use base64::Engine;
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar(&format!("SELECT provider_{field}_token FROM sessions WHERE id = $1"))
+            .bind(session_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(encryption_key())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let cipher = authgate::crypto::Cipher::new(&authgate::secret::Secret::new(key));
+    sealed.map(|s| {
+        cipher
+            .decrypt_secret(&s, &format!("session:{session_id}:{field}"))
+            .unwrap()
+            .expose()
+            .clone()
+    })
+}
+
+/// This test run's encryption key: generated, so never one of the published keys authgate
+/// refuses outside `development_mode`.
+pub fn encryption_key() -> &'static str {
+    static KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    });
+    &KEY
+}
 pub const ALICE: (&str, &str) = ("alice@example.com", "alice-password");
 pub const BOB: (&str, &str) = ("bob@example.com", "bob-password");
 
@@ -407,7 +442,7 @@ pub fn app_env(
     set("AUTHGATE_CLIENT_SECRET", &opts.client_secret);
     set("AUTHGATE_REDIRECT_URIS", &format!("{REDIRECT_URI},{OTHER_REDIRECT_URI}"));
     set("AUTHGATE_CORS_ALLOWED_ORIGINS", "http://127.0.0.1:5173,http://localhost:5173");
-    set("AUTHGATE_ENCRYPTION_KEY", ENCRYPTION_KEY);
+    set("AUTHGATE_ENCRYPTION_KEY", encryption_key());
     set("AUTHGATE_HEALTH_CHECK_INTERVAL", "1");
     set("AUTHGATE_PROVIDER_TIMEOUT", "3");
     if let Some(url) = database_url {

@@ -30,6 +30,11 @@ pub async fn app_with_http_callback() -> (TestApp, DevProvider) {
 
 /// [`app_with_http_callback`] with extra `AUTHGATE_*` settings.
 pub async fn app_with_http_callback_and(settings: Vec<(String, String)>) -> (TestApp, DevProvider) {
+    app_with_http_callback_on(AppOptions { env: settings, ..AppOptions::real() }).await
+}
+
+/// [`app_with_http_callback`] from these options (its issuer and listener are replaced).
+pub async fn app_with_http_callback_on(options: AppOptions) -> (TestApp, DevProvider) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let callback = format!("http://{}/authorization-code/callback", listener.local_addr().unwrap());
     let mut clients = test_clients();
@@ -38,8 +43,7 @@ pub async fn app_with_http_callback_and(settings: Vec<(String, String)>) -> (Tes
     let app = spawn_app(AppOptions {
         issuer: provider.issuer.clone(),
         listener: Some(listener),
-        env: settings,
-        ..AppOptions::real()
+        ..options
     })
     .await;
     wait_until_serving(&app).await;
@@ -364,4 +368,80 @@ async fn api_login_refuses_bad_input_with_json() {
         assert!(body["message"].as_str().unwrap().contains(needle), "{query}: {body}");
     }
     assert_eq!(app.count_rows("login_attempts").await, 0);
+}
+
+/// `POST /api/callback` takes the redirect's parameters as a JSON body, so the code and the
+/// binding stay out of URLs and access logs; what it refuses, it says why.
+#[tokio::test]
+async fn the_json_callback_also_takes_a_json_body() {
+    let app = spawn_app(AppOptions::real()).await;
+    wait_until_serving(&app).await;
+    let base = app.base_url();
+    let http = client();
+    // With the binding cookie from /api/login.
+    let started: Value =
+        http.get(format!("{base}/api/login")).send().await.unwrap().json().await.unwrap();
+    let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), ALICE, REDIRECT_URI).await;
+    let done = http
+        .post(format!("{base}/api/callback"))
+        .json(&serde_json::json!({ "code": cb.code, "state": cb.state, "iss": cb.iss }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    let body: Value = done.json().await.unwrap();
+    assert_eq!(body["user"]["sub"], "00u1alice", "{body}");
+    // With the binding in the body, and no cookie.
+    let started: Value = reqwest::Client::new()
+        .get(format!("{base}/api/login"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), BOB, REDIRECT_URI).await;
+    let done: Value = reqwest::Client::new()
+        .post(format!("{base}/api/callback"))
+        .json(&serde_json::json!({
+            "code": cb.code, "state": cb.state, "binding": started["binding"],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["user"]["sub"], "00u2bob", "{done}");
+    // The provider's error, and bodies that are not the callback object.
+    let refused = |body: &'static str, content_type: &'static str| {
+        let url = format!("{base}/api/callback");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = refused(
+        r#"{"error":"access_denied","error_description":"the user said no"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("access_denied"), "{body}");
+    for (body, content_type, needle) in [
+        ("code=c&state=s", "application/x-www-form-urlencoded", "application/json"),
+        ("not json", "application/json", "callback JSON object"),
+        (r#"{"code":"c","state":"s","extra":1}"#, "application/json", "unknown field"),
+        (r#"{"code":5,"state":"s"}"#, "application/json", "callback JSON object"),
+    ] {
+        let (status, answer) = refused(body, content_type).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains(needle), "{body}: {answer}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use authgate::pb::{
     ExchangeCodeRequest, ExchangeCodeResponse, GetLoginUrlRequest, GetUserInfoRequest,
+    RefreshSessionRequest,
 };
 use tonic::Code;
 
@@ -242,12 +243,41 @@ async fn extra_scopes_prompt_and_login_hint_reach_the_provider() {
     assert_eq!(done.user.unwrap().sub, "00u1alice");
 }
 
+/// Every kind of secret authgate handles, exercised and then looked for in the captured log:
+/// code, state, binding, refresh handles, the session cookie, authgate's access tokens, the
+/// provider's access, refresh and ID tokens, the client secret, the encryption key and the
+/// database password.
 #[tokio::test]
 async fn secrets_codes_and_tokens_never_reach_the_log() {
-    let app = spawn_app(AppOptions::real()).await;
-    let request = login_until_callback(&app, ALICE).await;
-    let (code, state, binding) =
-        (request.code.clone(), request.state.clone(), request.binding.clone());
+    // The test PostgreSQL trusts local connections: a password in the URL is accepted (and
+    // unused), which is enough to show it never reaches the log.
+    let db = TestDatabase::create().await;
+    const DB_PASSWORD: &str = "Db-pa55word-never-logged";
+    let url = db.url.replacen("://postgres@", &format!("://postgres:{DB_PASSWORD}@"), 1);
+    assert!(url.contains(DB_PASSWORD), "{url}");
+    let (app, _provider) = crate::http_routes::app_with_http_callback_on(AppOptions {
+        database_url: Some(url),
+        ..AppOptions::real()
+    })
+    .await;
+    let started = app
+        .grpc
+        .clone()
+        .get_login_url(GetLoginUrlRequest {
+            scopes: vec!["offline_access".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cb = sign_in_at_provider(&started.login_url, ALICE, REDIRECT_URI).await;
+    let request = ExchangeCodeRequest {
+        code: cb.code.clone(),
+        state: cb.state.clone(),
+        binding: started.binding.clone(),
+        redirect_uri: String::new(),
+        iss: cb.iss.unwrap_or_default(),
+    };
     let done = app.grpc.clone().exchange_code(request.clone()).await.unwrap().into_inner();
     // A failing replay logs its error too.
     let _ = app.grpc.clone().exchange_code(request).await.unwrap_err();
@@ -257,16 +287,54 @@ async fn secrets_codes_and_tokens_never_reach_the_log() {
         .get_user_info(with_bearer(GetUserInfoRequest { refresh: true }, &done.access_token))
         .await
         .unwrap();
+    let refreshed = app
+        .grpc
+        .clone()
+        .refresh_session(RefreshSessionRequest { refresh_token: done.refresh_token.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    // A replayed refresh handle is logged as reuse (and revokes the session).
+    let _ = app
+        .grpc
+        .clone()
+        .refresh_session(RefreshSessionRequest { refresh_token: done.refresh_token.clone() })
+        .await
+        .unwrap_err();
+    let cookie = crate::http_routes::browser_session(&app, BOB).await;
+    let check = reqwest::Client::new()
+        .get(format!("{}/auth/check", app.base_url()))
+        .header("cookie", format!("authgate_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), reqwest::StatusCode::OK);
+    let provider = |field: &'static str| {
+        let (url, sid) = (db.url.clone(), done.session_id.clone());
+        async move { provider_token(&url, &sid, field).await.expect(field) }
+    };
+    let (provider_access, provider_refresh, provider_id) =
+        (provider("access").await, provider("refresh").await, provider("id").await);
+
     let logs = captured_logs();
     assert!(logs.contains("login completed"), "the log is being captured");
     for (what, secret) in [
-        ("code", code.as_str()),
-        ("state", state.as_str()),
-        ("binding", binding.as_str()),
+        ("code", cb.code.as_str()),
+        ("state", cb.state.as_str()),
+        ("binding", started.binding.as_str()),
+        ("refresh handle", done.refresh_token.as_str()),
+        ("rotated refresh handle", refreshed.refresh_token.as_str()),
+        ("session cookie", cookie.as_str()),
         ("access token", done.access_token.as_str()),
+        ("refreshed access token", refreshed.access_token.as_str()),
+        ("provider access token", provider_access.as_str()),
+        ("provider refresh token", provider_refresh.as_str()),
+        ("provider ID token", provider_id.as_str()),
         ("client secret", TEST_CLIENT_SECRET),
-        ("encryption key", ENCRYPTION_KEY),
+        ("encryption key", encryption_key()),
+        ("database password", DB_PASSWORD),
     ] {
+        assert!(secret.len() >= 8, "{what} is a real value");
         assert!(!logs.contains(secret), "the {what} appeared in the log");
     }
 }
