@@ -1,6 +1,6 @@
 // Browser end-to-end scenarios for authgate, driven by playwright-core in Debian's chromium.
 //
-//   SCENARIOS=spa,simple,cors node browser.mjs      (default: all three)
+//   SCENARIOS=spa,simple,cors,csrf node browser.mjs      (default: all four)
 //
 // Scenarios and the environment they read:
 //   spa     SPA_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_GROUPS (comma-separated)
@@ -10,6 +10,11 @@
 //   cors    BLOCKED_SPA_URL
 //           The same SPA served from an origin NOT on authgate's CORS allow-list must show an
 //           error instead of going to the provider.
+//   csrf    AUTHGATE_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_POST_LOGIN_URL, BLOCKED_SPA_URL
+//           Signed in with the session cookie, a page of a sibling origin (same site: the blocked
+//           SPA's 127.0.0.1 port) and of a foreign site (the same server reached as
+//           http://evil.test, mapped to 127.0.0.1) post a logout form to authgate: both fail and
+//           the session lives on; authgate's own sign-out button then works.
 // Also: OUTPUT_DIR (screenshots; default ./output), CHROMIUM (default /usr/bin/chromium),
 // TIMEOUT_MS (per wait; default 15000).
 //
@@ -38,6 +43,7 @@ const NEEDS = {
   spa: ['SPA_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_GROUPS'],
   simple: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_POST_LOGIN_URL'],
   cors: ['BLOCKED_SPA_URL'],
+  csrf: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_POST_LOGIN_URL', 'BLOCKED_SPA_URL'],
 };
 const required = (...names) => names.map((name) => env[name]);
 
@@ -286,9 +292,80 @@ async function scenarioCors(context) {
   await screenshot(page, 'cors-error.png');
 }
 
+/** GET /api/userinfo with the session cookie, from `page` on authgate's origin: the status. */
+async function userinfoStatus(page, authgateUrl) {
+  await page.goto(new URL('/healthz', authgateUrl).href);
+  return page.evaluate(async (url) => (await fetch(url, { credentials: 'include' })).status,
+    new URL('/api/userinfo', authgateUrl).href);
+}
+
+/** From an attacker's page on `pageOrigin` (served by the browser itself, with no CSP),
+ * submits a POST form to authgate's logout; returns the status of authgate's answer and the
+ * Origin / Sec-Fetch-Site / cookie Chromium sent with it. */
+async function forgeLogout(page, pageOrigin, authgateUrl) {
+  const attack = `${pageOrigin}/forged-logout.html`;
+  await page.route(attack, (route) => route.fulfill({
+    contentType: 'text/html',
+    body: '<!doctype html><title>forged</title><form id="f" method="post"></form>',
+  }));
+  await page.goto(attack);
+  const target = new URL('/authorization-code/logout', authgateUrl).href;
+  const sent = page.waitForRequest((r) => r.url() === target && r.method() === 'POST');
+  const answered = page.waitForResponse((r) => r.url() === target);
+  const navigated = page.waitForNavigation({ waitUntil: 'load' });
+  await page.evaluate((action) => {
+    const form = document.getElementById('f');
+    form.action = action;
+    form.submit();
+  }, target);
+  const request = await sent;
+  const headers = await request.allHeaders();
+  const response = await answered;
+  await navigated;
+  const result = {
+    status: response.status(),
+    origin: headers.origin,
+    site: headers['sec-fetch-site'],
+    cookie: (headers.cookie || '').includes('authgate_session'),
+  };
+  return result;
+}
+
+async function scenarioCsrf(context) {
+  const [authgateUrl, user, password, postLoginUrl, blockedUrl] = required(...NEEDS.csrf);
+  const page = await context.newPage();
+  step('sign in through /authorization-code/login (the session cookie)');
+  await page.goto(new URL('/authorization-code/login', authgateUrl).href);
+  await passProvider(page, [user, password], `the post-login URL ${postLoginUrl}`,
+    async () => page.url().startsWith(postLoginUrl));
+  if (await userinfoStatus(page, authgateUrl) !== 200) fail('not signed in after the login');
+  step('signed in: GET /api/userinfo with the cookie answers 200');
+
+  const sibling = origin(blockedUrl);
+  const foreign = sibling.replace('127.0.0.1', 'evil.test');
+  for (const [what, pageOrigin, expectCookie] of [
+    ['a sibling origin (same site)', sibling, true],
+    ['a foreign site', foreign, false],
+  ]) {
+    const r = await forgeLogout(page, pageOrigin, authgateUrl);
+    step(`logout form posted from ${what} ${pageOrigin}: Origin ${r.origin}, Sec-Fetch-Site ${r.site}, cookie ${r.cookie ? 'sent' : 'not sent'}, HTTP ${r.status}`);
+    if (r.cookie !== expectCookie) fail(`the cookie was ${r.cookie ? '' : 'not '}sent from ${what}; expected the opposite (SameSite=Lax)`);
+    // Refused either way: even without the cookie, an accepted logout would clear it.
+    if (r.status !== 403) fail(`authgate answered HTTP ${r.status} to a forged logout; expected 403`);
+    if (await userinfoStatus(page, authgateUrl) !== 200) fail(`the forged logout from ${what} ended the session`);
+    step('the session lives on');
+  }
+
+  step('authgate\'s own page: click #sign-out');
+  await page.goto(new URL('/', authgateUrl).href);
+  await page.click('#sign-out');
+  await waitUntil('the session to end', async () => (await userinfoStatus(page, authgateUrl)) === 401);
+  step('signed out by the same-origin form: GET /api/userinfo answers 401');
+}
+
 // ----------------------------------------------------------------------- main --
 
-const scenarios = { spa: scenarioSpa, simple: scenarioSimple, cors: scenarioCors };
+const scenarios = { spa: scenarioSpa, simple: scenarioSimple, cors: scenarioCors, csrf: scenarioCsrf };
 const selected = (env.SCENARIOS || Object.keys(scenarios).join(',')).split(',').map((s) => s.trim()).filter(Boolean);
 const unknown = selected.filter((s) => !(s in scenarios));
 if (unknown.length) {
@@ -306,7 +383,9 @@ const browser = await chromium.launch({
   executablePath: env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-quic', '--no-first-run'],
+    '--disable-sync', '--disable-quic', '--no-first-run',
+    // A foreign site for the CSRF scenario, served from this machine.
+    '--host-resolver-rules=MAP evil.test 127.0.0.1'],
 });
 console.log(`chromium ${browser.version()}; scenarios: ${selected.join(', ')}; output: ${OUTPUT_DIR}`);
 

@@ -131,7 +131,7 @@ try {
     stdio: 'inherit',
     env: {
       ...env,
-      SCENARIOS: env.SCENARIOS || 'spa,simple,cors',
+      SCENARIOS: env.SCENARIOS || 'spa,simple,cors,csrf',
       SPA_URL: spa.url,
       BLOCKED_SPA_URL: blocked.url,
       AUTHGATE_URL: authgateUrl,

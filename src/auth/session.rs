@@ -335,6 +335,16 @@ impl Authenticator {
         Ok(self.provider.end_session_url(id_token.as_ref(), post_logout_redirect_uri, state))
     }
 
+    /// The cross-site rule ([`super::csrf`]) for a cookie route that changes state whether or
+    /// not the cookie came along (logout also clears the cookie: a forged one would sign the
+    /// user out).
+    pub fn check_cross_site(
+        &self,
+        signals: &super::csrf::RequestSignals<'_>,
+    ) -> Result<(), AuthError> {
+        self.csrf.check(signals)
+    }
+
     /// Logout for a bearer token.
     #[tracing::instrument(skip_all)]
     pub async fn logout(
@@ -348,14 +358,10 @@ impl Authenticator {
         self.end_session(&session, uri.as_deref(), state.as_deref()).await
     }
 
-    /// Logout for a browser session cookie (a cross-site request is refused: see [`super::csrf`]).
+    /// Logout for a browser session cookie. The transport first refuses a cross-site request
+    /// ([`Self::check_cross_site`]).
     #[tracing::instrument(skip_all)]
-    pub async fn logout_cookie(
-        &self,
-        cookie: &str,
-        signals: &super::csrf::RequestSignals<'_>,
-    ) -> Result<Option<Url>, AuthError> {
-        self.csrf.check(signals)?;
+    pub async fn logout_cookie(&self, cookie: &str) -> Result<Option<Url>, AuthError> {
         let (uri, _) = self.logout_target(None, None)?;
         let (session, _) = self.authenticate_cookie(cookie).await?;
         self.end_session(&session, uri.as_deref(), None).await

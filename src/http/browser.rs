@@ -148,12 +148,11 @@ pub async fn callback(
 pub async fn logout(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let as_json = wants_json(&headers);
     let result = async {
+        // Refused before anything, cookie or not: the answer clears the cookie, so a forged
+        // logout would sign the user out even where SameSite keeps the cookie from coming.
+        s.auth.check_cross_site(&request_signals(&headers, Some("POST"), host(&headers)))?;
         let url = match cookie(&headers, &session_cookie_name(&s)) {
-            Some(c) => match s
-                .auth
-                .logout_cookie(&c, &request_signals(&headers, Some("POST"), host(&headers)))
-                .await
-            {
+            Some(c) => match s.auth.logout_cookie(&c).await {
                 Ok(url) => url.map(String::from),
                 // Already ended: logging out again is not an error.
                 Err(AuthError::SessionEnded | AuthError::Unauthenticated(_)) => None,

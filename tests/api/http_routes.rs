@@ -445,3 +445,43 @@ async fn the_json_callback_also_takes_a_json_body() {
         assert!(answer["message"].as_str().unwrap().contains(needle), "{body}: {answer}");
     }
 }
+
+/// `POST /authorization-code/logout` changes state (it also clears the cookie): a cross-site
+/// post is refused, with or without the cookie; the site's own form and a page sending X-CSRF
+/// are served.
+#[tokio::test]
+async fn the_cookie_logout_refuses_cross_site_posts() {
+    let (app, _provider) = app_with_http_callback().await;
+    let base = app.base_url();
+    let cookie = format!("authgate_session={}", browser_session(&app, BOB).await);
+    let logout = |headers: Vec<(&'static str, String)>| {
+        let url = format!("{base}/authorization-code/logout");
+        async move {
+            let mut request = client().post(url);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let signed_in = || {
+        let (url, cookie) = (format!("{base}/api/userinfo"), cookie.clone());
+        async move {
+            client().get(url).header("cookie", cookie).send().await.unwrap().status()
+                == StatusCode::OK
+        }
+    };
+    for headers in [
+        vec![("cookie", cookie.clone()), ("origin", "https://evil.example.net".to_string())],
+        vec![("cookie", cookie.clone())],
+        vec![("origin", "https://evil.example.net".to_string())],
+    ] {
+        let refused = logout(headers.clone()).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(set_cookies(&refused).is_empty(), "a refused logout clears no cookie");
+        assert!(signed_in().await, "{headers:?}: the session lives on");
+    }
+    let done = logout(vec![("cookie", cookie.clone()), ("x-csrf", "1".into())]).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert!(!signed_in().await, "the page's own logout worked");
+}
