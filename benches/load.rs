@@ -272,10 +272,10 @@ async fn start_server_with(database_url: &str, issuer: &str, internal: bool) -> 
     let http = reqwest::Client::new();
     let checks = internal.unwrap_or(addr);
     for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://{checks}/readyz")).send().await {
-            if r.status().is_success() {
-                return server;
-            }
+        if let Ok(r) = http.get(format!("http://{checks}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

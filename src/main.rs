@@ -2,7 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use authgate::{config::Config, startup, store::Store, telemetry};
+use authgate::{
+    config::{Config, Needs},
+    startup,
+    store::Store,
+    telemetry,
+};
 use clap::{Parser, Subcommand};
 
 /// mimalloc: measured (`./scripts/bench`), 10-15% less server CPU per login than glibc malloc,
@@ -30,12 +35,20 @@ struct Cli {
 enum Command {
     /// Run the server (default).
     Serve,
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (needs only the database settings).
     Migrate,
+    /// Ask the local authgate whether it is ready (`/readyz` on the internal listener when there
+    /// is one, else on the public one); exit status 0 if so, 1 if not. For container health
+    /// checks: needs no shell or curl, and reads only the listen settings.
+    Healthcheck {
+        /// Ask whether it is alive (`/healthz`) rather than ready.
+        #[arg(long)]
+        live: bool,
+    },
     /// Load and validate the configuration, fetch the provider's discovery document, test the
     /// database and the signing keys, and report each check (exit status 1 if any fails).
     CheckConfig,
-    /// Manage authgate's signing keys.
+    /// Manage authgate's signing keys (needs the database settings and the encryption key).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -53,7 +66,14 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    if let Some(Command::Healthcheck { live }) = cli.command {
+        return healthcheck(cli.config.as_deref(), live);
+    }
+    let needs = match cli.command {
+        Some(Command::Migrate | Command::Keys { .. }) => Needs::Database,
+        _ => Needs::Everything,
+    };
+    let config = match Config::load_for(cli.config.as_deref(), needs) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("authgate: {e}");
@@ -92,6 +112,8 @@ fn main() -> ExitCode {
             }
             Command::Keys { command } => keys(config, command).await,
             Command::CheckConfig => check_config(config).await,
+            // Answered before the configuration was loaded.
+            Command::Healthcheck { .. } => Ok(()),
         }
     });
     match result {
@@ -99,6 +121,48 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("authgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `authgate healthcheck`: one HTTP/1.1 GET to the local listener, 2 s at most.
+fn healthcheck(config: Option<&std::path::Path>, live: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = match Config::probe_address(config) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("authgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = if live { "/healthz" } else { "/readyz" };
+    let timeout = std::time::Duration::from_secs(2);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut response = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut response)?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    })();
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            println!("ok: {path} on {addr}");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            let status = response.lines().next().unwrap_or_default().to_string();
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            println!(
+                "not {}: {path} on {addr} answered {status} {body}",
+                if live { "alive" } else { "ready" }
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("not reachable: {path} on {addr}: {e}");
             ExitCode::FAILURE
         }
     }

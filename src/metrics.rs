@@ -109,10 +109,10 @@ fn series(name: &'static str, labels: &[(&'static str, &str)]) -> Arc<Series> {
             && known.iter().zip(labels).all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
     };
     let reg = registry();
-    if let Some(list) = reg.series.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-        if let Some((_, s)) = list.iter().find(|(l, _)| same(l)) {
-            return Arc::clone(s);
-        }
+    if let Some(list) = reg.series.read().unwrap_or_else(|e| e.into_inner()).get(name)
+        && let Some((_, s)) = list.iter().find(|(l, _)| same(l))
+    {
+        return Arc::clone(s);
     }
     let mut all = reg.series.write().unwrap_or_else(|e| e.into_inner());
     let list = all.entry(name).or_default();

@@ -199,12 +199,11 @@ proptest! {
                 texts.push(f.clone());
             }
         }
-        if let Some(e) = &envoy {
-            if let Ok(v) = HeaderValue::from_str(e) {
+        if let Some(e) = &envoy
+            && let Ok(v) = HeaderValue::from_str(e) {
                 headers.insert("x-envoy-external-address", v);
                 texts.push(e.clone());
             }
-        }
         let client = crate::server::admission::client_address(peer, &headers, &trusted);
         if !trusted_peer {
             prop_assert_eq!(client, peer);

@@ -94,12 +94,15 @@ impl Application {
         let listeners = listeners.into();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::not_checked());
+        let readiness_tx = Arc::new(readiness_tx);
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks: Vec<JoinHandle<()>> = vec![
             tokio::spawn(health::monitor(
                 self.store.clone(),
                 Arc::clone(&self.provider),
-                reporter,
-                readiness_tx,
+                reporter.clone(),
+                Arc::clone(&readiness_tx),
+                Arc::clone(&draining),
                 self.config.health_check_interval,
             )),
             tokio::spawn(sweep(
@@ -173,8 +176,17 @@ impl Application {
         };
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        let grace = self.config.transport.shutdown_grace;
         tokio::spawn(async move {
             shutdown.await;
+            if !grace.is_zero() {
+                health::report_shutting_down(&reporter, &readiness_tx, &draining).await;
+                info!(
+                    grace_secs = grace.as_secs_f64(),
+                    "not ready; serving on for shutdown_grace before draining"
+                );
+                tokio::time::sleep(grace).await;
+            }
             let _ = stop_tx.send(true);
         });
         let mut servers = Vec::new();

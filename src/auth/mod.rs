@@ -248,20 +248,20 @@ impl Authenticator {
             )));
         }
         let prompt = request.prompt.filter(|p| !p.is_empty());
-        if let Some(p) = &prompt {
-            if !p.split(' ').all(|one| PROMPTS.contains(&one)) {
-                return Err(AuthError::InvalidArgument(
-                    "prompt must be none, login, consent or select_account".into(),
-                ));
-            }
+        if let Some(p) = &prompt
+            && !p.split(' ').all(|one| PROMPTS.contains(&one))
+        {
+            return Err(AuthError::InvalidArgument(
+                "prompt must be none, login, consent or select_account".into(),
+            ));
         }
         let login_hint = request.login_hint.filter(|h| !h.is_empty());
-        if let Some(h) = &login_hint {
-            if h.len() > MAX_LOGIN_HINT_LEN || h.chars().any(char::is_control) {
-                return Err(AuthError::InvalidArgument(format!(
-                    "login_hint must be at most {MAX_LOGIN_HINT_LEN} characters with no control characters"
-                )));
-            }
+        if let Some(h) = &login_hint
+            && (h.len() > MAX_LOGIN_HINT_LEN || h.chars().any(char::is_control))
+        {
+            return Err(AuthError::InvalidArgument(format!(
+                "login_hint must be at most {MAX_LOGIN_HINT_LEN} characters with no control characters"
+            )));
         }
 
         let state = random_handle(HANDLE_BYTES);
@@ -330,12 +330,12 @@ impl Authenticator {
         let binding = parse_handle("binding", request.binding.expose()).map_err(|e| {
             AuthError::InvalidArgument(format!("{e}; pass the binding GetLoginUrl returned"))
         })?;
-        if let Some(iss) = request.issuer.as_deref().filter(|i| !i.is_empty()) {
-            if iss != self.config.provider.issuer {
-                return Err(AuthError::Unauthenticated(
+        if let Some(iss) = request.issuer.as_deref().filter(|i| !i.is_empty())
+            && iss != self.config.provider.issuer
+        {
+            return Err(AuthError::Unauthenticated(
                     "the `iss` that came back with the code is not the configured provider's issuer: the response may come from another provider (mix-up, RFC 9207); start a new login".into(),
                 ));
-            }
         }
         let requested_redirect = request.redirect_uri.filter(|r| !r.is_empty());
         if let Some(r) = &requested_redirect {

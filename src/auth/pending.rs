@@ -44,11 +44,12 @@ impl PendingAttempts {
     pub fn finished(&self, expires_at: i64) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let i = buckets.partition_point(|(at, _)| *at < expires_at);
-        if let Some((at, n)) = buckets.get_mut(i) {
-            if *at == expires_at && *n > 0 {
-                *n -= 1;
-                self.total.fetch_sub(1, Ordering::Relaxed);
-            }
+        if let Some((at, n)) = buckets.get_mut(i)
+            && *at == expires_at
+            && *n > 0
+        {
+            *n -= 1;
+            self.total.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

@@ -327,6 +327,8 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("http2_keepalive_interval", Kind::Scalar),
     ("http2_keepalive_timeout", Kind::Scalar),
     ("shutdown_timeout", Kind::Scalar),
+    ("shutdown_grace", Kind::Scalar),
+    ("max_connection_age", Kind::Scalar),
     ("max_message_bytes", Kind::Scalar),
     ("ext_authz_max_message_bytes", Kind::Scalar),
     ("max_body_bytes", Kind::Scalar),
@@ -338,6 +340,15 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("max_pending_attempts", Kind::Scalar),
     ("trusted_proxies", Kind::List),
 ];
+
+/// What a command needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything (`serve`, `check-config`).
+    Everything,
+    /// The database, the encryption key and the token settings (`migrate`, `keys`): no provider.
+    Database,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -369,6 +380,11 @@ impl Config {
 
     /// Loads the configuration from an optional TOML file and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_for(file, Needs::Everything)
+    }
+
+    /// [`Self::load`] for a command that needs only part of the settings.
+    pub fn load_for(file: Option<&Path>, needs: Needs) -> Result<Self, ConfigError> {
         let text = match file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::one("config", format!("cannot read {}: {e}", path.display()))
@@ -376,13 +392,57 @@ impl Config {
             None => None,
         };
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        Self::from_sources(text.as_deref(), &env)
+        Self::from_sources_for(text.as_deref(), &env, needs)
+    }
+
+    /// The address a local health check should ask: the internal listener when there is one
+    /// (readiness lives there), else the public one; an unspecified address (`0.0.0.0`, `::`)
+    /// is asked on loopback. Reads only the two listen settings.
+    pub fn probe_address(file: Option<&Path>) -> Result<SocketAddr, ConfigError> {
+        let mut raw = Raw::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::one("config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            read_file(&text, &mut raw)?;
+        }
+        for key in ["listen_addr", "internal_listen_addr"] {
+            if let Ok(value) = std::env::var(env_name(key)) {
+                raw.scalars.insert(key, value);
+            }
+        }
+        let (key, text) = match (raw.scalar("internal_listen_addr"), raw.scalar("listen_addr")) {
+            (Some(internal), _) => ("internal_listen_addr", internal),
+            (None, Some(public)) => ("listen_addr", public),
+            (None, None) => ("listen_addr", "127.0.0.1:8080"),
+        };
+        let mut addr: SocketAddr = text.trim().parse().map_err(|_| {
+            ConfigError::one(key, format!("`{text}` is not an address like 127.0.0.1:8080"))
+        })?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok(addr)
     }
 
     /// Builds the configuration from TOML text (if any) and an environment map. Env wins.
     pub fn from_sources(
         file: Option<&str>,
         env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_sources_for(file, env, Needs::Everything)
+    }
+
+    /// [`Self::from_sources`] for a command that needs only part of the settings: with
+    /// [`Needs::Database`], the provider settings may be absent (placeholders stand in; the
+    /// command never reaches the provider).
+    pub fn from_sources_for(
+        file: Option<&str>,
+        env: &BTreeMap<String, String>,
+        needs: Needs,
     ) -> Result<Self, ConfigError> {
         let mut raw = Raw::default();
         if let Some(text) = file {
@@ -406,6 +466,19 @@ impl Config {
                             .collect();
                         raw.lists.insert(key, items);
                     }
+                }
+            }
+        }
+        if needs == Needs::Database {
+            for (key, placeholder) in [
+                ("issuer_url", "https://provider.invalid"),
+                ("client_id", "unused-by-this-command"),
+                ("client_secret", "unused-by-this-command"),
+            ] {
+                if raw.scalar(key).is_none()
+                    && !(key == "client_secret" && raw.scalar("client_secret_file").is_some())
+                {
+                    raw.scalars.insert(key, placeholder.to_string());
                 }
             }
         }

@@ -306,10 +306,10 @@ impl Parser {
                 Err(e) => self.problem("redirect_uris", format!("`{u}`: {e}")),
             }
         }
-        if let Some(callback) = &http_callback_url {
-            if !redirect_uris.contains(callback) {
-                redirect_uris.push(callback.clone());
-            }
+        if let Some(callback) = &http_callback_url
+            && !redirect_uris.contains(callback)
+        {
+            redirect_uris.push(callback.clone());
         }
         let mut post_logout_redirect_uris = Vec::new();
         for u in raw.lists.get("post_logout_redirect_uris").into_iter().flatten() {
@@ -353,10 +353,10 @@ impl Parser {
                 Err(e) => self.problem("post_login_redirect_urls", format!("`{u}`: {e}")),
             }
         }
-        if post_login_redirect_urls.is_empty() {
-            if let Some(base) = &base {
-                post_login_redirect_urls.push(format!("{base}/"));
-            }
+        if post_login_redirect_urls.is_empty()
+            && let Some(base) = &base
+        {
+            post_login_redirect_urls.push(format!("{base}/"));
         }
 
         let mut cors_allowed_origins = Vec::new();
@@ -662,7 +662,8 @@ fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
+        // RFC 6761: `localhost` and every name under it are loopback.
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,

@@ -172,3 +172,32 @@ fn published_encryption_keys_are_refused_outside_development_mode() {
         assert!(Config::from_sources(None, &e).unwrap().development_mode, "{published}");
     }
 }
+
+#[test]
+fn plain_http_issuers_are_accepted_on_localhost_names_only() {
+    for (issuer, ok) in [
+        ("http://localhost:9000/oauth2/default", true),
+        ("http://provider.localhost:9000/oauth2/default", true),
+        ("http://127.0.0.1:9000/oauth2/default", true),
+        ("http://localhost.example.com/oauth2/default", false),
+        ("http://provider.localhost.evil.com/oauth2/default", false),
+    ] {
+        let mut e = minimal();
+        e.insert("AUTHGATE_ISSUER_URL".into(), issuer.into());
+        assert_eq!(Config::from_sources(None, &e).is_ok(), ok, "{issuer}");
+    }
+}
+
+#[test]
+fn database_commands_need_no_provider_settings() {
+    let mut e = minimal();
+    for key in ["AUTHGATE_ISSUER_URL", "AUTHGATE_CLIENT_ID", "AUTHGATE_CLIENT_SECRET"] {
+        e.remove(key);
+    }
+    assert!(Config::from_sources(None, &e).is_err(), "serve needs them");
+    let config = Config::from_sources_for(None, &e, Needs::Database).unwrap();
+    assert!(matches!(config.database, DatabaseConfig::Postgres(_)));
+    e.remove("AUTHGATE_ENCRYPTION_KEY");
+    let err = Config::from_sources_for(None, &e, Needs::Database).unwrap_err();
+    assert_eq!(err.problems[0].setting, "encryption_key", "still needed with PostgreSQL");
+}

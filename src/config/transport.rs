@@ -38,6 +38,12 @@ pub struct TransportConfig {
     pub http2_keepalive_timeout: Duration,
     /// How long a graceful stop waits for in-flight requests before closing connections.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, how long authgate reports not ready while still serving everything, before
+    /// it drains (so a load balancer or Kubernetes stops sending first).
+    pub shutdown_grace: Duration,
+    /// A connection older than this is asked to close once its requests are done (HTTP/2:
+    /// GOAWAY), so clients reconnect and load spreads over new replicas. `None`: no limit.
+    pub max_connection_age: Option<Duration>,
     /// Largest decoded gRPC message for AuthService, health and reflection.
     pub max_message_bytes: usize,
     /// Largest decoded Envoy CheckRequest (it carries the client's request headers).
@@ -133,6 +139,15 @@ impl Parser {
                 Duration::from_secs(20),
             ),
             shutdown_timeout: self.duration(raw, "shutdown_timeout", Duration::from_secs(20)),
+            shutdown_grace: self.duration_up_to(
+                raw,
+                "shutdown_grace",
+                Duration::ZERO,
+                Duration::from_secs(300),
+            ),
+            max_connection_age: raw
+                .scalar("max_connection_age")
+                .map(|_| self.duration(raw, "max_connection_age", Duration::from_secs(300))),
             max_message_bytes: self.size(raw, "max_message_bytes", 16 * KIB, 4 * KIB, 64 * MIB),
             ext_authz_max_message_bytes: self.size(
                 raw,
@@ -252,9 +267,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 fn show_size(n: u64) -> String {
-    if n % MIB == 0 {
+    if n.is_multiple_of(MIB) {
         format!("{}MiB", n / MIB)
-    } else if n % KIB == 0 {
+    } else if n.is_multiple_of(KIB) {
         format!("{}KiB", n / KIB)
     } else {
         n.to_string()

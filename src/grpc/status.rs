@@ -19,10 +19,10 @@ pub fn status_from(e: AuthError) -> Status {
     };
     e.log(kind);
     let mut status = Status::new(code, message);
-    if let Some(secs) = e.retry_after_secs() {
-        if let Ok(value) = secs.to_string().parse() {
-            status.metadata_mut().insert("retry-after", value);
-        }
+    if let Some(secs) = e.retry_after_secs()
+        && let Ok(value) = secs.to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", value);
     }
     status
 }

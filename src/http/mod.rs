@@ -132,10 +132,10 @@ pub fn error_response(e: AuthError, as_json: bool) -> Response {
     } else {
         html_error(status, "Sign-in failed", &message)
     };
-    if let Some(secs) = e.retry_after_secs() {
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
+    if let Some(secs) = e.retry_after_secs()
+        && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
 }
@@ -440,6 +440,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         "ready": r.is_ready(),
         "database": r.database.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
         "provider": r.provider.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
+        "shutting_down": r.shutting_down,
     });
     let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

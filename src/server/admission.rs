@@ -90,33 +90,32 @@ impl ClientLimits {
                 });
             }
         }
-        if let Some(rate) = &self.rate {
-            if let Err(not_until) = rate.check_key(&key) {
-                let wait = whole_seconds(not_until.wait_time_from(rate.clock().now()));
-                return Err(AuthError::Limited {
-                    limit: "login_rate_per_client",
-                    message: format!(
-                        "too many login requests from this client address: login_rate_per_client allows {} a second (bursts of {}); retry in {wait} s",
-                        self.config.login_rate_per_client, self.config.login_burst_per_client
-                    ),
-                    retry_after_secs: wait,
-                });
-            }
+        if let Some(rate) = &self.rate
+            && let Err(not_until) = rate.check_key(&key)
+        {
+            let wait = whole_seconds(not_until.wait_time_from(rate.clock().now()));
+            return Err(AuthError::Limited {
+                limit: "login_rate_per_client",
+                message: format!(
+                    "too many login requests from this client address: login_rate_per_client allows {} a second (bursts of {}); retry in {wait} s",
+                    self.config.login_rate_per_client, self.config.login_burst_per_client
+                ),
+                retry_after_secs: wait,
+            });
         }
-        if limit == Limit::Start {
-            if let Some(pending) = &self.pending {
-                if let Err(not_until) = pending.check_key(&key) {
-                    let wait = whole_seconds(not_until.wait_time_from(pending.clock().now()));
-                    return Err(AuthError::Limited {
-                        limit: "max_pending_attempts_per_client",
-                        message: format!(
-                            "this client address started {} logins within attempt_ttl, its max_pending_attempts_per_client; finish one, or retry in {wait} s",
-                            self.config.max_pending_attempts_per_client
-                        ),
-                        retry_after_secs: wait,
-                    });
-                }
-            }
+        if limit == Limit::Start
+            && let Some(pending) = &self.pending
+            && let Err(not_until) = pending.check_key(&key)
+        {
+            let wait = whole_seconds(not_until.wait_time_from(pending.clock().now()));
+            return Err(AuthError::Limited {
+                limit: "max_pending_attempts_per_client",
+                message: format!(
+                    "this client address started {} logins within attempt_ttl, its max_pending_attempts_per_client; finish one, or retry in {wait} s",
+                    self.config.max_pending_attempts_per_client
+                ),
+                retry_after_secs: wait,
+            });
         }
         Ok(())
     }
@@ -268,22 +267,19 @@ impl Admission {
         } else {
             crate::http::error_response(e, crate::http::answers_json(path, headers))
         };
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            if self.origins.iter().any(|o| o == origin) {
-                let h = response.headers_mut();
-                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-                h.insert(
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    HeaderValue::from_static(
-                        "grpc-status,grpc-message,grpc-status-details-bin,retry-after",
-                    ),
-                );
-                h.append(header::VARY, HeaderValue::from_static("origin"));
-            }
+        if let Some(origin) = headers.get(header::ORIGIN)
+            && self.origins.iter().any(|o| o == origin)
+        {
+            let h = response.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(
+                    "grpc-status,grpc-message,grpc-status-details-bin,retry-after",
+                ),
+            );
+            h.append(header::VARY, HeaderValue::from_static("origin"));
         }
         response
     }

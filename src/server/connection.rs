@@ -187,11 +187,11 @@ impl AsyncRead for WatchedStream {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() > before {
-                let filled = buf.filled();
-                this.saw(&filled[before..]);
-            }
+        if let Poll::Ready(Ok(())) = result
+            && buf.filled().len() > before
+        {
+            let filled = buf.filled();
+            this.saw(&filled[before..]);
         }
         result
     }
@@ -285,6 +285,9 @@ pub(super) async fn serve(
         conn.as_mut().graceful_shutdown();
         closing = Some(Instant::now() + CLOSE_GRACE);
     }
+    // `max_connection_age`: asked to close once old, its requests allowed to finish.
+    let aged = tokio::time::sleep(timeouts.max_age.unwrap_or(Duration::MAX / 4));
+    let mut aged = std::pin::pin!(aged);
     loop {
         let (deadline, expiry) = match closing {
             Some(at) => (at, None),
@@ -328,6 +331,14 @@ pub(super) async fn serve(
                 }
             }
             () = tracker.wake.notified() => {}
+            () = &mut aged, if closing.is_none() && timeouts.max_age.is_some() => {
+                crate::metrics::inc(
+                    "authgate_connections_closed_total",
+                    &[("listener", listener), ("reason", "max_connection_age")],
+                );
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now() + timeouts.shutdown);
+            }
             _ = shutdown.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();

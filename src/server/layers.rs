@@ -137,10 +137,10 @@ pub fn is_grpc_request(headers: &http::HeaderMap) -> bool {
 /// which grpc-web reads from the headers.
 pub fn grpc_error(status: tonic::Status, request: &http::HeaderMap) -> Response {
     let mut response = status.into_http::<axum::body::Body>();
-    if let Some(content_type) = request.get(header::CONTENT_TYPE) {
-        if content_type.as_bytes().starts_with(b"application/grpc-web") {
-            response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
-        }
+    if let Some(content_type) = request.get(header::CONTENT_TYPE)
+        && content_type.as_bytes().starts_with(b"application/grpc-web")
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
     }
     response
 }

@@ -176,6 +176,7 @@ pub struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
     pub shutdown: Duration,
+    pub max_age: Option<Duration>,
 }
 
 impl From<&TransportConfig> for Timeouts {
@@ -184,6 +185,7 @@ impl From<&TransportConfig> for Timeouts {
             header_read: t.header_read_timeout,
             idle: t.idle_timeout,
             shutdown: t.shutdown_timeout,
+            max_age: t.max_connection_age,
         }
     }
 }

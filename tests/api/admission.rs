@@ -283,11 +283,11 @@ async fn a_shed_envoy_check_is_a_503_denial_not_a_grpc_error() {
     let mut denied_401 = false;
     for _ in 0..50 {
         let answer = envoy.check(check_request()).await.unwrap().into_inner();
-        if let Some(HttpResponse::DeniedResponse(d)) = &answer.http_response {
-            if d.status.as_ref().unwrap().code == 401 {
-                denied_401 = true;
-                break;
-            }
+        if let Some(HttpResponse::DeniedResponse(d)) = &answer.http_response
+            && d.status.as_ref().unwrap().code == 401
+        {
+            denied_401 = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

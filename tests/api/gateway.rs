@@ -539,6 +539,17 @@ async fn the_cli_checks_the_configuration_and_explains_itself() {
         out
     };
     let issuer = dev_provider().issuer.clone();
+    // migrate and keys need only the database settings (and the key for keys).
+    for args in [&["migrate"][..], &["keys", "list"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let out = run(&["migrate"], &issuer);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["check-config"], &issuer);

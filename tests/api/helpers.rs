@@ -405,6 +405,18 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it to finish.
+    /// Asks the server to stop (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the server task has finished.
+    pub fn has_stopped(&self) -> bool {
+        self.server.as_ref().is_none_or(|s| s.is_finished())
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -9,6 +9,7 @@ mod fake_provider;
 mod helpers;
 
 mod admission;
+mod container;
 mod fleet;
 mod gateway;
 mod http_routes;

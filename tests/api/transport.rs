@@ -1,7 +1,7 @@
 //! The transport surface: grpcurl over reflection v1alpha, reflection v1, health, grpc-web over
 //! HTTP/1.1 with CORS for allowed origins only, and JSON 404s.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use authgate::pb::{GetLoginUrlRequest, GetLoginUrlResponse};
 use prost::Message;
@@ -167,4 +167,60 @@ async fn the_server_shuts_down_gracefully() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the port is closed after shutdown"
     );
+}
+
+/// `shutdown_grace`: on a stop request authgate reports not ready at once (`/readyz` 503, gRPC
+/// health NOT_SERVING) while it keeps serving, and only then drains.
+#[tokio::test]
+async fn on_stop_it_reports_not_ready_and_serves_on_for_the_grace_period() {
+    let mut app = spawn_app(AppOptions::real().set("AUTHGATE_SHUTDOWN_GRACE", "2")).await;
+    wait_until_serving(&app).await;
+    let readyz = format!("{}/readyz", app.base_url());
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    let asked = std::time::Instant::now();
+    app.begin_stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["shutting_down"], true, "{body}");
+    let health = app
+        .health
+        .clone()
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    // Still serving during the grace period.
+    app.grpc.clone().get_login_url(authgate::pb::GetLoginUrlRequest::default()).await.unwrap();
+    assert!(!app.has_stopped());
+    while !app.has_stopped() {
+        assert!(asked.elapsed() < Duration::from_secs(10), "never stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(asked.elapsed() >= Duration::from_secs(2), "stopped before the grace period ended");
+}
+
+/// `max_connection_age`: a connection older than that is closed once idle between requests (an
+/// HTTP/2 one with GOAWAY), whatever the idle timeout, and counted.
+#[tokio::test]
+async fn connections_are_closed_after_max_connection_age() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(AppOptions::real().set("AUTHGATE_MAX_CONNECTION_AGE", "1")).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", app.addr);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive (idle_timeout is 90 s), until the age runs out.
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "still open: {closed:?}");
+    let metrics =
+        reqwest::get(format!("{}/metrics", app.checks_url())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reason=\"max_connection_age\""), "not counted");
 }
