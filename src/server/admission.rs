@@ -138,8 +138,11 @@ impl ClientLimits {
     }
 }
 
+/// A wait in whole seconds for `Retry-After`: rounded up, and at least 1 — the moment the
+/// limiter named may already have passed when the answer is written (a busy machine), and
+/// "retry in 0 s" would invite the caller to hammer.
 fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy — then Envoy's
@@ -424,6 +427,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_never_zero() {
+        assert_eq!(whole_seconds(Duration::ZERO), 1, "a wait that has just run out");
+        assert_eq!(whole_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
