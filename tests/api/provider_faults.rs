@@ -375,9 +375,11 @@ async fn the_jwks_follows_its_cache_control_and_discovery_is_re_read() {
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     assert!(fake.jwks_fetches() >= jwks + 2, "{} JWKS fetches", fake.jwks_fetches());
     assert!(fake.discovery_fetches() > discovery, "discovery re-read");
-    // A rotation is then picked up without any unknown kid.
+    // A rotation is then picked up without any unknown kid: the next scheduled fetch brings the
+    // new key (and a long lifetime, so that no scheduled fetch races the login below).
     fake.rotate_keys();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    fake.set_jwks_cache_control("public, max-age=3600");
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     let fetches = fake.jwks_fetches();
     login_at(&app, &fake).await.expect("signed with a key already fetched");
     assert_eq!(fake.jwks_fetches(), fetches, "no refetch was needed");
