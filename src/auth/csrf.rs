@@ -39,6 +39,26 @@ pub struct RequestSignals<'a> {
     pub csrf_header: bool,
 }
 
+impl<'a> RequestSignals<'a> {
+    /// The signals of a request with this method sent to this host: its `Origin` and
+    /// `Sec-Fetch-Site` read through `header` (lower-case names, whatever map the transport
+    /// keeps them in), and whether it carries [`CSRF_HEADER`].
+    pub fn from_headers(
+        method: Option<&'a str>,
+        host: Option<&'a str>,
+        header: impl Fn(&str) -> Option<&'a str>,
+        csrf_header: bool,
+    ) -> Self {
+        Self {
+            method,
+            host,
+            origin: header("origin"),
+            sec_fetch_site: header("sec-fetch-site"),
+            csrf_header,
+        }
+    }
+}
+
 /// The allow-list and the methods the rule applies to.
 #[derive(Debug, Clone, Default)]
 pub struct CsrfPolicy {

@@ -143,13 +143,12 @@ impl Authorization for ExtAuthz {
         let original = original_request(request.into_inner());
         let headers = &original.headers;
         let text = |name: &str| headers.get(name).map(String::as_str);
-        let signals = RequestSignals {
-            method: original.method.as_deref(),
-            host: original.host.as_deref(),
-            origin: text("origin"),
-            sec_fetch_site: text("sec-fetch-site"),
-            csrf_header: headers.contains_key(CSRF_HEADER),
-        };
+        let signals = RequestSignals::from_headers(
+            original.method.as_deref(),
+            original.host.as_deref(),
+            text,
+            headers.contains_key(CSRF_HEADER),
+        );
         let authorization = text("authorization");
         let answer = if authorization.is_some_and(|a| a.contains(',')) {
             // Envoy joins repeated headers with commas; a token never has one.

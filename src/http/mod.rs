@@ -202,14 +202,9 @@ pub fn request_signals<'a>(
     method: Option<&'a str>,
     host: Option<&'a str>,
 ) -> crate::auth::csrf::RequestSignals<'a> {
+    use crate::auth::csrf::{CSRF_HEADER, RequestSignals};
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    crate::auth::csrf::RequestSignals {
-        method,
-        host,
-        origin: text("origin"),
-        sec_fetch_site: text("sec-fetch-site"),
-        csrf_header: headers.contains_key(crate::auth::csrf::CSRF_HEADER),
-    }
+    RequestSignals::from_headers(method, host, text, headers.contains_key(CSRF_HEADER))
 }
 
 /// The host a request was sent to: `X-Forwarded-Host` (a proxy's, for a gateway sub-request),

@@ -357,32 +357,12 @@ async fn token(
     }
     let for_code = request_code.and_then(|code| s.by_code.lock().unwrap().remove(&code));
     if let Some(id_token) = for_code {
-        return Json(json!({
-            "access_token": format!("fake-access-{}", rand::random::<u64>()),
-            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
-            "token_type": "Bearer",
-            "expires_in": 3600,
-            "id_token": id_token,
-        }))
-        .into_response();
+        return tokens(Some(id_token));
     }
     let answer = s.answer.lock().unwrap().clone();
     match answer {
-        Some(TokenAnswer::IdToken { claims, signing }) => Json(json!({
-            "access_token": format!("fake-access-{}", rand::random::<u64>()),
-            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
-            "token_type": "Bearer",
-            "expires_in": 3600,
-            "id_token": sign(&s, &claims, signing),
-        }))
-        .into_response(),
-        Some(TokenAnswer::NoIdToken) => Json(json!({
-            "access_token": format!("fake-access-{}", rand::random::<u64>()),
-            "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
-            "token_type": "Bearer",
-            "expires_in": 3600,
-        }))
-        .into_response(),
+        Some(TokenAnswer::IdToken { claims, signing }) => tokens(Some(sign(&s, &claims, signing))),
+        Some(TokenAnswer::NoIdToken) => tokens(None),
         Some(TokenAnswer::Error { status, body }) => {
             (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
         }
@@ -391,6 +371,20 @@ async fn token(
         }
         None => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response(),
     }
+}
+
+/// A token response with fresh access and refresh tokens, and this ID token if any.
+fn tokens(id_token: Option<String>) -> Response {
+    let mut body = json!({
+        "access_token": format!("fake-access-{}", rand::random::<u64>()),
+        "refresh_token": format!("fake-refresh-{}", rand::random::<u64>()),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+    });
+    if let Some(id_token) = id_token {
+        body["id_token"] = json!(id_token);
+    }
+    Json(body).into_response()
 }
 
 async fn userinfo(State(s): State<Arc<FakeState>>) -> Response {

@@ -50,6 +50,18 @@ pub async fn app_with_http_callback_on(options: AppOptions) -> (TestApp, DevProv
     (app, provider)
 }
 
+/// `GET /api/login` from a client that keeps no cookie: the JSON answer.
+async fn api_login_without_cookie(base: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/login"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Signs in through the server-side flow; returns the session cookie value.
 pub async fn browser_session(app: &TestApp, user: (&str, &str)) -> String {
     let browser = client();
@@ -303,14 +315,7 @@ async fn the_json_spa_flow_returns_the_token_response() {
     assert_eq!(me.json::<Value>().await.unwrap()["name"], "Alice Anderson");
 
     // Without the cookie, the binding travels as a parameter.
-    let started: Value = reqwest::Client::new()
-        .get(format!("{base}/api/login"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started = api_login_without_cookie(&base).await;
     let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), BOB, REDIRECT_URI).await;
     let done: Value = reqwest::Client::new()
         .get(format!(
@@ -392,14 +397,7 @@ async fn the_json_callback_also_takes_a_json_body() {
     let body: Value = done.json().await.unwrap();
     assert_eq!(body["user"]["sub"], "00u1alice", "{body}");
     // With the binding in the body, and no cookie.
-    let started: Value = reqwest::Client::new()
-        .get(format!("{base}/api/login"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started = api_login_without_cookie(&base).await;
     let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), BOB, REDIRECT_URI).await;
     let done: Value = reqwest::Client::new()
         .post(format!("{base}/api/callback"))
