@@ -44,7 +44,7 @@ async fn provider_refresh_token(app: &TestApp, session_id: &str) -> Option<Strin
 
 /// Asks the real provider whether a token is still active (RFC 7662).
 async fn provider_says_active(token: &str) -> bool {
-    let answer: Value = reqwest::Client::new()
+    let answer: Value = crate::helpers::http_client()
         .post(format!("{}/v1/introspect", dev_provider().issuer))
         .basic_auth(TEST_CLIENT_ID, Some(TEST_CLIENT_SECRET))
         .form(&[("token", token)])
@@ -140,7 +140,7 @@ async fn tokens_are_refused_from_exp_plus_the_leeway_on_every_path() {
         &crate::gateway::envoy_check(&app, &[("authorization", &bearer)]).await,
     );
     assert_eq!(http_status, 401);
-    let check = reqwest::Client::new()
+    let check = crate::helpers::http_client()
         .get(format!("{}/auth/check", app.base_url()))
         .header("authorization", &bearer)
         .send()
@@ -180,7 +180,7 @@ async fn a_removed_signing_key_stops_verifying_cached_tokens() {
 async fn published_keys_verify_tokens_with_an_independent_library() {
     let app = spawn_app(AppOptions::real()).await;
     let done = full_login(&app, ALICE).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
 
     let discovery = http
         .get(format!("{}/.well-known/openid-configuration", app.base_url()))
@@ -390,7 +390,7 @@ async fn refresh_also_refreshes_at_the_provider_and_fails_once_the_provider_says
     );
 
     // The user's access is withdrawn at the provider (the grant is revoked there).
-    let revoked = reqwest::Client::new()
+    let revoked = crate::helpers::http_client()
         .post(format!("{}/v1/revoke", dev_provider().issuer))
         .basic_auth(TEST_CLIENT_ID, Some(TEST_CLIENT_SECRET))
         .form(&[("token", second.as_str()), ("token_type_hint", "refresh_token")])
@@ -573,7 +573,7 @@ async fn forged_or_replayed_logout_tokens_are_refused() {
     let post = |body: String, content_type: &'static str| {
         let url = format!("{}/backchannel-logout", app.base_url());
         async move {
-            let response = reqwest::Client::new()
+            let response = crate::helpers::http_client()
                 .post(url)
                 .header("content-type", content_type)
                 .body(body)

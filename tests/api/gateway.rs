@@ -164,7 +164,7 @@ async fn access_rules_apply_at_login_and_at_check_time() {
     assert!(body.contains("allowed_groups"), "{body}");
     let r = envoy_check(&strict, &[("authorization", &format!("Bearer {alice}"))]).await;
     assert_eq!(r.status.unwrap().code, 0);
-    let check = reqwest::Client::new()
+    let check = crate::helpers::http_client()
         .get(format!("{}/auth/check", strict.base_url()))
         .bearer_auth(&bob)
         .send()
@@ -177,7 +177,7 @@ async fn access_rules_apply_at_login_and_at_check_time() {
 async fn auth_check_answers_200_with_identity_headers_or_401() {
     let (app, _provider) = app_with_http_callback().await;
     let done = full_login(&app, ALICE).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let url = format!("{}/auth/check", app.base_url());
 
     let ok = http.get(&url).bearer_auth(&done.access_token).send().await.unwrap();
@@ -300,7 +300,7 @@ async fn nginx_auth_request_passes_identity_and_refuses_anonymous_requests() {
     let done = full_login(&app, ALICE).await;
     let upstream = echo_upstream().await;
     let nginx = start_nginx(&app.base_url(), upstream).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let url = format!("http://127.0.0.1:{}/orders", nginx.port);
 
     let passed = http
@@ -441,7 +441,7 @@ print(json.dumps(out))
 #[tokio::test]
 async fn every_request_gets_a_request_id_that_reaches_the_logs() {
     let app = spawn_app(AppOptions::real()).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let generated = http.get(format!("{}/healthz", app.base_url())).send().await.unwrap();
     let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(id.len() >= 16);
@@ -480,7 +480,7 @@ async fn readyz_flips_while_the_database_is_down_and_recovers() {
     let wait_for = |want: StatusCode| {
         let readyz = readyz.clone();
         async move {
-            let http = reqwest::Client::new();
+            let http = crate::helpers::http_client();
             for _ in 0..100 {
                 let r = http.get(&readyz).send().await.unwrap();
                 if r.status() == want {
@@ -643,7 +643,7 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let mut ready = false;
     for _ in 0..100 {
         if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -769,7 +769,7 @@ async fn gateway_checks_refuse_cross_site_requests_authenticated_by_the_cookie()
     let check = |method: Option<&'static str>, origin: &'static str| {
         let (url, cookie) = (format!("{}/auth/check", app.base_url()), cookie.clone());
         async move {
-            let mut request = reqwest::Client::new()
+            let mut request = crate::helpers::http_client()
                 .get(url)
                 .header("cookie", cookie)
                 .header("x-forwarded-host", "shop.example.com")
@@ -799,7 +799,7 @@ async fn nginx_refuses_a_cross_site_post_carrying_the_session_cookie() {
     let send = |method: reqwest::Method, origin: String| {
         let (url, cookie) = (url.clone(), cookie.clone());
         async move {
-            reqwest::Client::new()
+            crate::helpers::http_client()
                 .request(method, url)
                 .header("cookie", cookie)
                 .header("origin", origin)
@@ -843,7 +843,7 @@ async fn identity_headers_are_unambiguous_and_client_copies_are_removed() {
     let (_, http, _, body) = denied(&r);
     assert_eq!(http, 400, "{body}");
     assert!(body.contains("several Authorization headers"), "{body}");
-    let twice = reqwest::Client::new()
+    let twice = crate::helpers::http_client()
         .get(format!("{}/auth/check", app.base_url()))
         .header("authorization", &bearer)
         .header("authorization", "Bearer forged")
@@ -851,7 +851,7 @@ async fn identity_headers_are_unambiguous_and_client_copies_are_removed() {
         .await
         .unwrap();
     assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
-    let once = reqwest::Client::new()
+    let once = crate::helpers::http_client()
         .get(format!("{}/auth/check", app.base_url()))
         .header("authorization", &bearer)
         .send()

@@ -72,6 +72,25 @@ pub fn output_dir() -> PathBuf {
     dir
 }
 
+/// Where this process writes a log named `what` (`authgate`, `dev-provider`): one file per
+/// test under nextest, which runs each test in its own process (`--exact <name>`), so a failed
+/// or timed-out test's logs are its own; one file for the whole run under `cargo test`.
+pub fn log_path(what: &str) -> PathBuf {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--exact").and_then(|i| args.get(i + 1)) {
+        Some(test) => {
+            let dir = output_dir().join("tests");
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join(format!("{}.{what}.log", test.replace("::", ".")))
+        }
+        None => output_dir().join(format!("{what}.log")),
+    }
+}
+
+/// The most any single HTTP exchange of the test clients may take: a stuck call fails the test
+/// with its URL instead of hanging it.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
 // ------------------------------------------------------------------ logs --
 
 /// Everything the app logs during the test run (all tests share one subscriber).
@@ -81,15 +100,13 @@ pub fn captured_logs() -> String {
 
 static LOG_BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
-/// Writes log lines into memory (for assertions) and into `target/test-output/authgate.log`.
+/// Writes log lines into memory (for assertions) and into [`log_path`]`("authgate")`.
 #[derive(Clone)]
 struct BufferWriter(Arc<Mutex<Vec<u8>>>);
 
 fn log_file() -> &'static Mutex<std::fs::File> {
     static FILE: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
-    FILE.get_or_init(|| {
-        Mutex::new(std::fs::File::create(output_dir().join("authgate.log")).unwrap())
-    })
+    FILE.get_or_init(|| Mutex::new(std::fs::File::create(log_path("authgate")).unwrap()))
 }
 
 impl Write for BufferWriter {
@@ -170,7 +187,9 @@ pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
         dir.join("node_modules").join("oidc-provider").is_dir(),
         "dev-provider/node_modules is missing: run `npm ci --prefix dev-provider` (scripts/test does it)"
     );
-    let log = std::fs::File::create(output_dir().join("dev-provider.log")).unwrap();
+    let log_path = log_path("dev-provider");
+    // Appended to: a test may start several providers.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
     let mut child = Command::new("node")
         .arg("provider.mjs")
         .current_dir(&dir)
@@ -182,12 +201,21 @@ pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
         .stderr(log)
         .spawn()
         .expect("cannot start node; is Node.js installed?");
+    // The issuer line, read on a thread so that a provider that never starts fails the test.
     let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-        panic!("dev provider did not start ({e}); see target/test-output/dev-provider.log")
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
     });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("dev provider printed no issuer line within 30 s; see {}", log_path.display());
+    };
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("dev provider did not start ({e}); see {}", log_path.display()));
     DevProvider { issuer: ready["issuer"].as_str().unwrap().to_string(), child: Mutex::new(child) }
 }
 
@@ -570,9 +598,15 @@ pub async fn sign_in_at_provider(
     sign_in_with(&browser(), login_url, user, redirect_uri).await
 }
 
+/// A plain HTTP client whose calls fail after [`HTTP_TIMEOUT`] instead of hanging the test.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().unwrap()
+}
+
 /// A browser-like HTTP client: a cookie jar, no automatic redirects.
 pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()

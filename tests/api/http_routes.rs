@@ -8,6 +8,7 @@ use crate::helpers::*;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .timeout(crate::helpers::HTTP_TIMEOUT)
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -52,7 +53,7 @@ pub async fn app_with_http_callback_on(options: AppOptions) -> (TestApp, DevProv
 
 /// `GET /api/login` from a client that keeps no cookie: the JSON answer.
 async fn api_login_without_cookie(base: &str) -> Value {
-    reqwest::Client::new()
+    crate::helpers::http_client()
         .get(format!("{base}/api/login"))
         .send()
         .await
@@ -246,7 +247,7 @@ async fn server_side_callback_errors_are_clear_pages_or_json() {
     let started: Value =
         http.get(format!("{base}/api/login")).send().await.unwrap().json().await.unwrap();
     let state = started["state"].as_str().unwrap();
-    let wrong = reqwest::Client::new()
+    let wrong = crate::helpers::http_client()
         .get(format!("{base}/authorization-code/callback?code=abc&state={state}"))
         .header(header::COOKIE, format!("authgate_login={}", "w".repeat(43)))
         .header(header::ACCEPT, "application/json")
@@ -305,7 +306,7 @@ async fn the_json_spa_flow_returns_the_token_response() {
     assert_eq!(body["user"]["groups"], serde_json::json!(["Everyone", "admins"]));
     let token = body["access_token"].as_str().unwrap();
 
-    let me = reqwest::Client::new()
+    let me = crate::helpers::http_client()
         .get(format!("{base}/api/userinfo"))
         .bearer_auth(token)
         .send()
@@ -317,7 +318,7 @@ async fn the_json_spa_flow_returns_the_token_response() {
     // Without the cookie, the binding travels as a parameter.
     let started = api_login_without_cookie(&base).await;
     let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), BOB, REDIRECT_URI).await;
-    let done: Value = reqwest::Client::new()
+    let done: Value = crate::helpers::http_client()
         .get(format!(
             "{base}/api/callback?code={}&state={}&binding={}",
             cb.code,
@@ -399,7 +400,7 @@ async fn the_json_callback_also_takes_a_json_body() {
     // With the binding in the body, and no cookie.
     let started = api_login_without_cookie(&base).await;
     let cb = sign_in_at_provider(started["login_url"].as_str().unwrap(), BOB, REDIRECT_URI).await;
-    let done: Value = reqwest::Client::new()
+    let done: Value = crate::helpers::http_client()
         .post(format!("{base}/api/callback"))
         .json(&serde_json::json!({
             "code": cb.code, "state": cb.state, "binding": started["binding"],
@@ -415,7 +416,7 @@ async fn the_json_callback_also_takes_a_json_body() {
     let refused = |body: &'static str, content_type: &'static str| {
         let url = format!("{base}/api/callback");
         async move {
-            let r = reqwest::Client::new()
+            let r = crate::helpers::http_client()
                 .post(url)
                 .header("content-type", content_type)
                 .body(body)

@@ -370,7 +370,7 @@ async fn oversized_messages_heads_and_bodies_are_refused_per_service() {
     assert_eq!(status, "8", "{text}");
 
     // HTTP bodies: 16 KiB, refused before they are read.
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let big = client
         .post(format!("{}/backchannel-logout", app.base_url()))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -412,7 +412,7 @@ async fn grpc_web_status(
     let mut body = vec![0u8];
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(&message);
-    let mut request = reqwest::Client::new()
+    let mut request = crate::helpers::http_client()
         .post(format!("{}/{method}", app.base_url()))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1");
@@ -588,7 +588,7 @@ async fn the_internal_listener_serves_the_fleet_and_the_public_one_the_logins() 
     let channel =
         tonic::transport::Channel::from_shared(internal.clone()).unwrap().connect().await.unwrap();
     assert!(AuthorizationClient::new(channel).check(check_request(10)).await.is_ok());
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     for route in ["/metrics", "/readyz", "/auth/check"] {
         let refused = client.get(format!("{public}{route}")).send().await.unwrap();
         assert_eq!(refused.status(), 404, "{route}");

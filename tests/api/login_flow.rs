@@ -302,7 +302,7 @@ async fn secrets_codes_and_tokens_never_reach_the_log() {
         .await
         .unwrap_err();
     let cookie = crate::http_routes::browser_session(&app, BOB).await;
-    let check = reqwest::Client::new()
+    let check = crate::helpers::http_client()
         .get(format!("{}/auth/check", app.base_url()))
         .header("cookie", format!("authgate_session={cookie}"))
         .send()

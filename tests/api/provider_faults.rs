@@ -395,7 +395,7 @@ async fn unknown_kids_in_logout_tokens_refetch_the_jwks_at_most_once_per_interva
     let fetches = fake.jwks_fetches();
     for _ in 0..5 {
         let claims = fake.logout_claims(TEST_CLIENT_ID, "sid");
-        let response = reqwest::Client::new()
+        let response = crate::helpers::http_client()
             .post(format!("{}/backchannel-logout", app.base_url()))
             .form(&[("logout_token", fake.logout_token_unpublished(&claims))])
             .send()

@@ -108,7 +108,7 @@ async fn grpc_web_preflight_and_calls_from_other_origins_get_no_cors_headers() {
     let response = grpc_web_get_login_url(&app, "https://evil.example.com").await;
     assert!(response.headers().get("access-control-allow-origin").is_none());
 
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let preflight = |origin: &'static str| {
         client
             .request(
@@ -140,7 +140,7 @@ async fn grpc_web_preflight_and_calls_from_other_origins_get_no_cors_headers() {
 async fn http_routes_answer_json_and_unknown_paths_get_a_json_404() {
     let app = spawn_app(AppOptions::real()).await;
     wait_until_serving(&app).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let missing = client.get(format!("{}/no/such/route", app.base_url())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let body: serde_json::Value = missing.json().await.unwrap();
