@@ -126,25 +126,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// `authgate healthcheck`: one HTTP/1.1 GET to the local listener, 2 s at most.
+/// `authgate healthcheck`: one HTTP/1.1 GET to the local listener, 2 s at most; over TLS
+/// when the listener speaks it.
 fn healthcheck(config: Option<&std::path::Path>, live: bool) -> ExitCode {
     use std::io::{Read, Write};
-    let addr = match Config::probe_address(config) {
-        Ok(addr) => addr,
+    let probe = match Config::probe_address(config) {
+        Ok(probe) => probe,
         Err(e) => {
             eprintln!("authgate: {e}");
             return ExitCode::from(2);
         }
     };
+    let addr = probe.addr;
     let path = if live { "/healthz" } else { "/readyz" };
     let timeout = std::time::Duration::from_secs(2);
     let answer = (|| -> std::io::Result<String> {
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         let mut response = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut response)?;
+        match &probe.tls {
+            None => {
+                let mut stream = stream;
+                stream.write_all(request.as_bytes())?;
+                stream.take(64 * 1024).read_to_end(&mut response)?;
+            }
+            Some(tls) => {
+                let client = authgate::server::tls::probe_client(tls.client_identity.as_ref())
+                    .map_err(std::io::Error::other)?;
+                let mut stream = rustls::StreamOwned::new(client, stream);
+                stream.write_all(request.as_bytes())?;
+                match stream.take(64 * 1024).read_to_end(&mut response) {
+                    Ok(_) => {}
+                    // The server may close without close_notify once the answer is sent.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof
+                            && !response.is_empty() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok(String::from_utf8_lossy(&response).into_owned())
     })();
     match answer {
@@ -195,6 +217,25 @@ async fn check_config(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_default()
         )),
     );
+    for (name, tls) in [
+        ("TLS public", &config.transport.public_tls),
+        ("TLS internal", &config.transport.internal_tls),
+    ] {
+        if let Some(tls) = tls {
+            let t = &config.transport;
+            let loaded = authgate::server::tls::TlsListener::new(
+                "check",
+                tls.clone(),
+                t.tls_handshake_timeout,
+                t.tls_max_handshakes,
+            );
+            report(
+                name,
+                loaded
+                    .map(|l| format!("{}, client certificates {:?}", l.summary(), tls.client_auth)),
+            );
+        }
+    }
     let provider = match OidcProvider::new(config.provider.clone()) {
         Ok(p) => p,
         Err(e) => anyhow::bail!("cannot create the provider client: {e}"),

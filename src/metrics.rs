@@ -77,6 +77,16 @@ const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "Failed accepts (e.g. out of file descriptors), by listener; each one backs off.",
     ),
+    (
+        "authgate_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that did not complete, by listener and reason (at_cap, timeout, refused).",
+    ),
+    (
+        "authgate_tls_reloads_total",
+        "counter",
+        "Changed TLS files, by listener and result (loaded, refused: the previous ones stay).",
+    ),
 ];
 
 type Labels = Vec<(&'static str, String)>;

@@ -30,6 +30,7 @@ use crate::{
         self, ListenerStats,
         admission::{Admission, AdmissionLayer, ClientLimits},
         layers::{self, Role},
+        tls::TlsListener,
     },
     store::Store,
     tokens::{TokenIssuer, now},
@@ -92,6 +93,21 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let listeners = listeners.into();
+        let tls_for = |name: &'static str, settings: &Option<crate::config::TlsSettings>| {
+            settings
+                .clone()
+                .map(|settings| {
+                    let t = &self.config.transport;
+                    TlsListener::new(name, settings, t.tls_handshake_timeout, t.tls_max_handshakes)
+                })
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("TLS on the {name} listener: {e}"))
+        };
+        let public_tls = tls_for("public", &self.config.transport.public_tls)?;
+        let internal_tls = match listeners.internal {
+            Some(_) => tls_for("internal", &self.config.transport.internal_tls)?,
+            None => None,
+        };
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::not_checked());
         let readiness_tx = Arc::new(readiness_tx);
@@ -195,16 +211,25 @@ impl Application {
         info!(
             listener = "public",
             addr = %display_addr(public_addr),
+            tls = %public_tls.as_ref().map_or_else(|| "off".to_string(), |t| t.summary()),
             max_connections = public_stats.limits.max_connections,
             max_connections_per_ip = public_stats.limits.max_connections_per_ip,
             store = self.store.backend(),
             issuer = self.provider.issuer(),
             "authgate listening"
         );
+        for tls in public_tls.iter().chain(internal_tls.iter()) {
+            tasks.push(tokio::spawn(
+                Arc::clone(tls).watch(transport.tls_reload_interval, stop_rx.clone()),
+            ));
+        }
         servers.push(tokio::spawn({
             let router = parts.router(public_role, public_admission)?;
             let (transport, stop) = (transport.clone(), stop_rx.clone());
-            async move { server::serve(listeners.public, router, public_stats, &transport, stop).await }
+            async move {
+                server::serve(listeners.public, router, public_stats, public_tls, &transport, stop)
+                    .await
+            }
         }));
         if let (Some(listener), Some(stats), Some(admission)) =
             (listeners.internal, internal_stats, internal_admission)
@@ -212,6 +237,7 @@ impl Application {
             info!(
                 listener = "internal",
                 addr = %display_addr(listener.local_addr().ok()),
+                tls = %internal_tls.as_ref().map_or_else(|| "off".to_string(), |t| t.summary()),
                 max_connections = stats.limits.max_connections,
                 max_connections_per_ip = stats.limits.max_connections_per_ip,
                 "authgate listening"
@@ -221,6 +247,7 @@ impl Application {
                 listener,
                 router,
                 stats,
+                internal_tls,
                 transport.clone(),
                 stop_rx.clone(),
             )

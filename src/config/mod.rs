@@ -339,7 +339,34 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("max_pending_attempts_per_client", Kind::Scalar),
     ("max_pending_attempts", Kind::Scalar),
     ("trusted_proxies", Kind::List),
+    ("tls_cert_file", Kind::Scalar),
+    ("tls_key_file", Kind::Scalar),
+    ("tls_client_ca_file", Kind::Scalar),
+    ("tls_client_auth", Kind::Scalar),
+    ("tls_client_allowed_names", Kind::List),
+    ("internal_tls_cert_file", Kind::Scalar),
+    ("internal_tls_key_file", Kind::Scalar),
+    ("internal_tls_client_ca_file", Kind::Scalar),
+    ("internal_tls_client_auth", Kind::Scalar),
+    ("internal_tls_client_allowed_names", Kind::List),
+    ("tls_handshake_timeout", Kind::Scalar),
+    ("tls_max_handshakes", Kind::Scalar),
+    ("tls_reload_interval", Kind::Scalar),
 ];
+
+/// Where `authgate healthcheck` asks, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub addr: SocketAddr,
+    /// The listener speaks TLS.
+    pub tls: Option<ProbeTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTls {
+    /// The certificate and key the probe presents, when the listener asks for one.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+}
 
 /// What a command needs from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,10 +422,10 @@ impl Config {
         Self::from_sources_for(text.as_deref(), &env, needs)
     }
 
-    /// The address a local health check should ask: the internal listener when there is one
+    /// What a local health check should ask: the internal listener when there is one
     /// (readiness lives there), else the public one; an unspecified address (`0.0.0.0`, `::`)
-    /// is asked on loopback. Reads only the two listen settings.
-    pub fn probe_address(file: Option<&Path>) -> Result<SocketAddr, ConfigError> {
+    /// is asked on loopback. Reads only the listen and TLS file settings.
+    pub fn probe_address(file: Option<&Path>) -> Result<Probe, ConfigError> {
         let mut raw = Raw::default();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -406,16 +433,27 @@ impl Config {
             })?;
             read_file(&text, &mut raw)?;
         }
-        for key in ["listen_addr", "internal_listen_addr"] {
+        let keys = [
+            "listen_addr",
+            "internal_listen_addr",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "internal_tls_cert_file",
+            "internal_tls_key_file",
+            "internal_tls_client_ca_file",
+        ];
+        for key in keys {
             if let Ok(value) = std::env::var(env_name(key)) {
                 raw.scalars.insert(key, value);
             }
         }
-        let (key, text) = match (raw.scalar("internal_listen_addr"), raw.scalar("listen_addr")) {
-            (Some(internal), _) => ("internal_listen_addr", internal),
-            (None, Some(public)) => ("listen_addr", public),
-            (None, None) => ("listen_addr", "127.0.0.1:8080"),
-        };
+        let (key, text, prefix) =
+            match (raw.scalar("internal_listen_addr"), raw.scalar("listen_addr")) {
+                (Some(internal), _) => ("internal_listen_addr", internal, "internal_"),
+                (None, Some(public)) => ("listen_addr", public, ""),
+                (None, None) => ("listen_addr", "127.0.0.1:8080", ""),
+            };
         let mut addr: SocketAddr = text.trim().parse().map_err(|_| {
             ConfigError::one(key, format!("`{text}` is not an address like 127.0.0.1:8080"))
         })?;
@@ -425,7 +463,15 @@ impl Config {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        Ok(addr)
+        let setting = |name: &str| raw.scalar(&format!("{prefix}{name}")).map(PathBuf::from);
+        let tls = match (setting("tls_cert_file"), setting("tls_key_file")) {
+            (Some(cert), Some(key)) => Some(ProbeTls {
+                // With client certificates asked for, the probe presents the listener's own.
+                client_identity: setting("tls_client_ca_file").map(|_| (cert, key)),
+            }),
+            _ => None,
+        };
+        Ok(Probe { addr, tls })
     }
 
     /// Builds the configuration from TOML text (if any) and an environment map. Env wins.
@@ -493,4 +539,6 @@ mod transport;
 
 pub use parse::parse_duration;
 use parse::{Parser, Raw, read_file};
-pub use transport::{AdmissionConfig, ListenerLimits, TransportConfig, parse_size};
+pub use transport::{
+    AdmissionConfig, ClientAuth, ListenerLimits, TlsSettings, TransportConfig, parse_size,
+};

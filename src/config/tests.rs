@@ -201,3 +201,71 @@ fn database_commands_need_no_provider_settings() {
     let err = Config::from_sources_for(None, &e, Needs::Database).unwrap_err();
     assert_eq!(err.problems[0].setting, "encryption_key", "still needed with PostgreSQL");
 }
+
+#[test]
+fn tls_settings_come_whole_or_are_refused_with_what_is_missing() {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut e = minimal();
+        for (k, v) in pairs {
+            e.insert((*k).into(), (*v).into());
+        }
+        Config::from_sources(None, &e)
+    };
+    let config = with(&[]).unwrap();
+    assert_eq!((config.transport.public_tls, config.transport.internal_tls), (None, None));
+    assert_eq!(config.transport.tls_handshake_timeout, Duration::from_secs(10));
+
+    // A CA bundle alone means client certificates are required.
+    let config = with(&[
+        ("AUTHGATE_TLS_CERT_FILE", "/tls/tls.crt"),
+        ("AUTHGATE_TLS_KEY_FILE", "/tls/tls.key"),
+        ("AUTHGATE_INTERNAL_LISTEN_ADDR", "0.0.0.0:8081"),
+        ("AUTHGATE_INTERNAL_TLS_CERT_FILE", "/tls/tls.crt"),
+        ("AUTHGATE_INTERNAL_TLS_KEY_FILE", "/tls/tls.key"),
+        ("AUTHGATE_INTERNAL_TLS_CLIENT_CA_FILE", "/tls/ca.crt"),
+        ("AUTHGATE_INTERNAL_TLS_CLIENT_ALLOWED_NAMES", "envoy.mesh, checker.fleet"),
+    ])
+    .unwrap();
+    let public = config.transport.public_tls.unwrap();
+    assert_eq!((public.client_auth, public.client_ca_file), (ClientAuth::Off, None));
+    let internal = config.transport.internal_tls.unwrap();
+    assert_eq!(internal.client_auth, ClientAuth::Required);
+    assert_eq!(internal.client_allowed_names, vec!["envoy.mesh", "checker.fleet"]);
+
+    for (pairs, setting, says) in [
+        (vec![("AUTHGATE_TLS_CERT_FILE", "/c")], "tls_key_file", "must be set with tls_cert_file"),
+        (vec![("AUTHGATE_TLS_CLIENT_CA_FILE", "/ca")], "tls_client_ca_file", "needs TLS"),
+        (
+            vec![
+                ("AUTHGATE_TLS_CERT_FILE", "/c"),
+                ("AUTHGATE_TLS_KEY_FILE", "/k"),
+                ("AUTHGATE_TLS_CLIENT_AUTH", "optional"),
+            ],
+            "tls_client_ca_file",
+            "must name a CA bundle",
+        ),
+        (
+            vec![
+                ("AUTHGATE_TLS_CERT_FILE", "/c"),
+                ("AUTHGATE_TLS_KEY_FILE", "/k"),
+                ("AUTHGATE_TLS_CLIENT_AUTH", "sometimes"),
+            ],
+            "tls_client_auth",
+            "not one of none, optional, required",
+        ),
+        (
+            vec![
+                ("AUTHGATE_INTERNAL_TLS_CERT_FILE", "/c"),
+                ("AUTHGATE_INTERNAL_TLS_KEY_FILE", "/k"),
+            ],
+            "internal_tls_cert_file",
+            "set internal_listen_addr",
+        ),
+    ] {
+        let err = with(&pairs).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.setting == setting && p.message.contains(says)),
+            "{pairs:?}: {err}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! Every default is one an operator running authgate in front of the internet can keep; the
 //! README's "Limits" table documents each setting and what it protects.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::parse::{Parser, Raw};
 
@@ -18,6 +18,58 @@ pub struct ListenerLimits {
     /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub http2_max_concurrent_streams: u32,
 }
+
+/// Whether a TLS listener asks for client certificates (mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    Off,
+    /// A client may present a certificate; if it does, it must verify. Clients without one are
+    /// served as anonymous.
+    Optional,
+    /// Every client must present a certificate that verifies against the CA bundle.
+    Required,
+}
+
+/// TLS on one listener (see `server::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle client certificates are verified against.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// When not empty, only clients whose certificate names one of these (subject common name,
+    /// or a DNS, URI or e-mail subject alternative name) are served; others are answered
+    /// PERMISSION_DENIED / 403.
+    pub client_allowed_names: Vec<String>,
+}
+
+/// The names of one listener's TLS settings.
+struct TlsKeys {
+    cert: &'static str,
+    key: &'static str,
+    ca: &'static str,
+    auth: &'static str,
+    names: &'static str,
+}
+
+const PUBLIC_TLS: TlsKeys = TlsKeys {
+    cert: "tls_cert_file",
+    key: "tls_key_file",
+    ca: "tls_client_ca_file",
+    auth: "tls_client_auth",
+    names: "tls_client_allowed_names",
+};
+const INTERNAL_TLS: TlsKeys = TlsKeys {
+    cert: "internal_tls_cert_file",
+    key: "internal_tls_key_file",
+    ca: "internal_tls_client_ca_file",
+    auth: "internal_tls_client_auth",
+    names: "internal_tls_client_allowed_names",
+};
 
 /// Listener, connection and request limits (see the `server` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +104,16 @@ pub struct TransportConfig {
     pub max_body_bytes: usize,
     /// Admission control and rate limits.
     pub admission: AdmissionConfig,
+    /// TLS on the public listener; `None`: plaintext.
+    pub public_tls: Option<TlsSettings>,
+    /// TLS on the internal listener; `None`: plaintext.
+    pub internal_tls: Option<TlsSettings>,
+    /// A TLS handshake must complete within this, else the connection is closed.
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress per listener; a connection beyond is closed at once.
+    pub tls_max_handshakes: usize,
+    /// How often the certificate, key and CA files are checked for changes.
+    pub tls_reload_interval: Duration,
 }
 
 /// How much work authgate takes on, and from whom (see `server::admission`).
@@ -121,6 +183,13 @@ impl Parser {
                 10_000,
             ) as u32,
         };
+        let internal_tls = self.listener_tls(raw, &INTERNAL_TLS);
+        if internal_tls.is_some() && internal_listen_addr.is_none() {
+            self.problem(
+                INTERNAL_TLS.cert,
+                "is for the internal listener, which is off: set internal_listen_addr too",
+            );
+        }
         TransportConfig {
             internal_listen_addr,
             public,
@@ -158,7 +227,109 @@ impl Parser {
             ),
             max_body_bytes: self.size(raw, "max_body_bytes", 16 * KIB, KIB, 64 * MIB),
             admission: self.admission(raw),
+            public_tls: self.listener_tls(raw, &PUBLIC_TLS),
+            internal_tls,
+            tls_handshake_timeout: self.duration(
+                raw,
+                "tls_handshake_timeout",
+                Duration::from_secs(10),
+            ),
+            tls_max_handshakes: self.count(raw, "tls_max_handshakes", 256, 1, 100_000),
+            tls_reload_interval: self.duration(raw, "tls_reload_interval", Duration::from_secs(10)),
         }
+    }
+
+    /// One listener's TLS settings: none at all (plaintext), or a certificate and key, with a
+    /// CA bundle when client certificates are asked for.
+    fn listener_tls(&mut self, raw: &Raw, keys: &TlsKeys) -> Option<TlsSettings> {
+        let path =
+            |key: &str| raw.scalar(key).map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from);
+        let (cert, key, ca) = (path(keys.cert), path(keys.key), path(keys.ca));
+        let names: Vec<String> = raw
+            .lists
+            .get(keys.names)
+            .into_iter()
+            .flatten()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let auth = match raw.scalar(keys.auth).map(str::trim) {
+            None => None,
+            Some("none") => Some(ClientAuth::Off),
+            Some("optional") => Some(ClientAuth::Optional),
+            Some("required") => Some(ClientAuth::Required),
+            Some(other) => {
+                self.problem(
+                    keys.auth,
+                    format!("`{other}` is not one of none, optional, required"),
+                );
+                None
+            }
+        };
+        let (cert_file, key_file) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                for (set, setting) in [
+                    (ca.is_some(), keys.ca),
+                    (auth.is_some_and(|a| a != ClientAuth::Off), keys.auth),
+                    (!names.is_empty(), keys.names),
+                ] {
+                    if set {
+                        self.problem(
+                            setting,
+                            format!(
+                                "needs TLS on this listener: set {} and {}",
+                                keys.cert, keys.key
+                            ),
+                        );
+                    }
+                }
+                return None;
+            }
+            (Some(_), None) => {
+                self.problem(keys.key, format!("must be set with {}", keys.cert));
+                return None;
+            }
+            (None, Some(_)) => {
+                self.problem(keys.cert, format!("must be set with {}", keys.key));
+                return None;
+            }
+        };
+        // A CA bundle alone means mutual TLS is required: the safe reading.
+        let client_auth =
+            auth.unwrap_or(if ca.is_some() { ClientAuth::Required } else { ClientAuth::Off });
+        if client_auth != ClientAuth::Off && ca.is_none() {
+            self.problem(
+                keys.ca,
+                format!(
+                    "must name a CA bundle when {} is {}",
+                    keys.auth,
+                    if client_auth == ClientAuth::Required { "required" } else { "optional" }
+                ),
+            );
+        }
+        if client_auth == ClientAuth::Off && ca.is_some() {
+            self.problem(
+                keys.auth,
+                format!(
+                    "is none, so {} would not be used; remove it or ask for client certificates",
+                    keys.ca
+                ),
+            );
+        }
+        if !names.is_empty() && client_auth == ClientAuth::Off {
+            self.problem(
+                keys.names,
+                format!("needs client certificates: set {} and {}", keys.ca, keys.auth),
+            );
+        }
+        Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: ca,
+            client_auth,
+            client_allowed_names: names,
+        })
     }
 
     fn admission(&mut self, raw: &Raw) -> AdmissionConfig {

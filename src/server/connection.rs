@@ -35,14 +35,13 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     sync::{Notify, watch},
     time::Instant,
 };
 use tower::ServiceExt;
 use tracing::debug;
 
-use super::{CLOSE_GRACE, GuardedBody, Slot, Timeouts};
+use super::{CLOSE_GRACE, GuardedBody, Slot, Timeouts, tls::ClientCheck};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -150,14 +149,14 @@ impl Drop for InFlight {
 
 /// The TCP stream, watched: it tells the tracker when bytes arrive and which protocol the
 /// first 24 bytes announce.
-struct WatchedStream {
-    inner: TcpStream,
+struct WatchedStream<S> {
+    inner: S,
     tracker: Arc<Tracker>,
     /// Bytes of the HTTP/2 preface matched so far; `u8::MAX` once the protocol is known.
     preface: u8,
 }
 
-impl WatchedStream {
+impl<S> WatchedStream<S> {
     fn saw(&mut self, bytes: &[u8]) {
         if self.preface != u8::MAX {
             for &b in bytes {
@@ -178,7 +177,7 @@ impl WatchedStream {
     }
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -197,7 +196,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -234,6 +233,7 @@ struct ConnectionService {
     router: axum::Router,
     tracker: Arc<Tracker>,
     peer: Peer,
+    client: ClientCheck,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -243,7 +243,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_flight = self.tracker.request_started();
+        if let Some(refusal) = &self.client.refusal {
+            let response = refuse_client(refusal, request.headers());
+            return Box::pin(
+                async move { Ok(response.map(|body| GuardedBody::new(body, in_flight))) },
+            );
+        }
         let extensions = request.extensions_mut();
+        if let Some(identity) = &self.client.identity {
+            extensions.insert(Arc::clone(identity));
+        }
         extensions.insert(ConnectInfo(self.peer.remote));
         extensions.insert(tonic::transport::server::TcpConnectInfo {
             local_addr: self.peer.local,
@@ -260,10 +269,26 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     }
 }
 
-/// Serves one accepted connection until it ends, times out, or shutdown closes it.
+/// A client the listener's allow-list refuses: PERMISSION_DENIED for gRPC, 403 otherwise.
+fn refuse_client(reason: &str, headers: &http::HeaderMap) -> Response<axum::body::Body> {
+    if super::layers::is_grpc_request(headers) {
+        return super::layers::grpc_error(tonic::Status::permission_denied(reason), headers);
+    }
+    let mut response = Response::new(axum::body::Body::from(format!("{reason}\n")));
+    *response.status_mut() = http::StatusCode::FORBIDDEN;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves one accepted connection (plain TCP, or TLS after its handshake) until it ends, times
+/// out, or shutdown closes it.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn serve(
-    stream: TcpStream,
+pub(super) async fn serve<S>(
+    stream: S,
+    client: ClientCheck,
     peer: Peer,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -272,11 +297,13 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
     // Held until the connection is gone (parameters drop after the body's locals).
     _slot: Slot,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let tracker = Arc::new(Tracker::new());
     let io =
         TokioIo::new(WatchedStream { inner: stream, tracker: Arc::clone(&tracker), preface: 0 });
-    let service = ConnectionService { router, tracker: Arc::clone(&tracker), peer };
+    let service = ConnectionService { router, tracker: Arc::clone(&tracker), peer, client };
     let mut conn = std::pin::pin!(builder.serve_connection(io, service));
     // Set once the connection has been asked to close: it is dropped (closed) at this time.
     let mut closing: Option<Instant> = None;

@@ -21,6 +21,7 @@
 pub mod admission;
 mod connection;
 pub mod layers;
+pub mod tls;
 
 use std::{
     collections::HashMap,
@@ -223,6 +224,7 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     stats: Arc<ListenerStats>,
+    tls: Option<Arc<tls::TlsListener>>,
     transport: &TransportConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -271,16 +273,45 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection::serve(
-            stream,
-            connection::Peer { remote: peer, local },
-            router.clone(),
-            Arc::clone(&builder),
-            timeouts,
-            stats.name,
-            shutdown.clone(),
-            slot,
-        ));
+        let peer = connection::Peer { remote: peer, local };
+        let (router, builder, name, stop) =
+            (router.clone(), Arc::clone(&builder), stats.name, shutdown.clone());
+        match &tls {
+            None => {
+                tokio::spawn(connection::serve(
+                    stream,
+                    tls::ClientCheck::default(),
+                    peer,
+                    router,
+                    builder,
+                    timeouts,
+                    name,
+                    stop,
+                    slot,
+                ));
+            }
+            // The handshake runs on the connection's task (holding its slot), not here.
+            Some(tls) => {
+                let tls = Arc::clone(tls);
+                tokio::spawn(async move {
+                    match tls.handshake(stream).await {
+                        Ok((stream, client)) => {
+                            connection::serve(
+                                stream, client, peer, router, builder, timeouts, name, stop, slot,
+                            )
+                            .await;
+                        }
+                        Err(failure) => {
+                            crate::metrics::inc(
+                                "authgate_tls_handshake_failures_total",
+                                &[("listener", name), ("reason", failure.label())],
+                            );
+                            debug!(listener = name, peer = %peer.remote, reason = failure.label(), "TLS handshake did not complete");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let deadline = Instant::now() + timeouts.shutdown + CLOSE_GRACE;
@@ -321,6 +352,7 @@ pub fn serve_on_own_runtime(
     listener: TcpListener,
     router: axum::Router,
     stats: Arc<ListenerStats>,
+    tls: Option<Arc<tls::TlsListener>>,
     transport: TransportConfig,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
@@ -337,7 +369,7 @@ pub fn serve_on_own_runtime(
     std::thread::Builder::new().name("authgate-internal-main".into()).spawn(move || {
         runtime.block_on(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => serve(listener, router, stats, &transport, shutdown).await,
+                Ok(listener) => serve(listener, router, stats, tls, &transport, shutdown).await,
                 Err(e) => warn!(error = %e, "the internal listener could not start"),
             }
         });

@@ -291,6 +291,8 @@ pub struct AppOptions {
     pub listener: Option<tokio::net::TcpListener>,
     /// Also serve the internal listener (the fleet's checks, metrics, readiness) on port 0.
     pub internal: bool,
+    /// The public listener speaks TLS: the test's channels connect with this client.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AppOptions {
@@ -304,6 +306,7 @@ impl AppOptions {
             database_url: None,
             listener: None,
             internal: false,
+            tls_client: None,
         }
     }
 
@@ -321,6 +324,7 @@ impl AppOptions {
             database_url: None,
             listener: None,
             internal: false,
+            tls_client: None,
         }
     }
 
@@ -534,8 +538,15 @@ pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
     let server = tokio::spawn(app.run(listeners, async move {
         let _ = rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = match opts.tls_client.clone() {
+        Some(tls) => tls_channel(addr, tls).await.unwrap(),
+        None => Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap(),
+    };
     let checks = match internal_addr {
+        // A TLS internal listener: the test makes its own channels to it.
+        Some(internal) if opts.tls_client.is_some() => {
+            Channel::from_shared(format!("http://{internal}")).unwrap().connect_lazy()
+        }
         Some(internal) => {
             Channel::from_shared(format!("http://{internal}")).unwrap().connect().await.unwrap()
         }
@@ -550,6 +561,27 @@ pub async fn spawn_app(mut opts: AppOptions) -> TestApp {
         shutdown: Some(tx),
         server: Some(server),
     }
+}
+
+/// A gRPC channel over TLS (ALPN `h2`) to `addr`, checking the server certificate for
+/// `localhost` against the client configuration's roots.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let config = Arc::clone(&config);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
 }
 
 /// Waits until the gRPC health check for `service` reports `want`.

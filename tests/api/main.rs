@@ -19,4 +19,5 @@ mod login_flow;
 mod provider_faults;
 mod refresh;
 mod store;
+mod tls;
 mod transport;
