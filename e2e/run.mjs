@@ -124,7 +124,7 @@ try {
     RUST_LOG: env.RUST_LOG || 'info',
   }, { json: false });
   const started = Date.now();
-  await waitReady(`${authgateUrl}/readyz`);
+  await waitReady(`${authgateUrl}/readyz/login`);
   log(`authgate ${authgateUrl} ready in ${Date.now() - started} ms (binary ${AUTHGATE_BIN})`);
 
   const browser = spawn('node', [path.join(here, 'browser.mjs')], {

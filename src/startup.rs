@@ -116,6 +116,7 @@ impl Application {
             tokio::spawn(health::monitor(
                 self.store.clone(),
                 Arc::clone(&self.provider),
+                Arc::clone(self.auth.tokens()),
                 reporter.clone(),
                 Arc::clone(&readiness_tx),
                 Arc::clone(&draining),

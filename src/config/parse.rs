@@ -479,7 +479,7 @@ impl Parser {
         let revocation_sync_interval =
             self.duration(raw, "revocation_sync_interval", Duration::from_secs(1));
         let health_check_interval =
-            self.duration(raw, "health_check_interval", Duration::from_secs(5));
+            self.duration(raw, "health_check_interval", Duration::from_secs(1));
         let database_max_connections = match raw.scalar("database_max_connections") {
             None => 16,
             Some(text) => match text.parse::<u32>() {

@@ -65,6 +65,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/readyz/login", get(readyz_login))
         .with_state(state)
 }
 
@@ -371,12 +372,21 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         vec![],
         state.client_limits.tracked() as f64,
     ));
-    let ready = state.readiness.borrow().is_ready();
+    let (ready, login_ready) = {
+        let r = state.readiness.borrow();
+        (r.can_validate(), r.can_log_in())
+    };
     gauges.push(gauge(
         "authgate_ready",
-        "1 when the database and the provider are reachable.",
+        "1 when tokens can be issued and checked (database reachable, a signing key active).",
         vec![],
         if ready { 1.0 } else { 0.0 },
+    ));
+    gauges.push(gauge(
+        "authgate_login_ready",
+        "1 when logins can also run (the provider is discovered and answers).",
+        vec![],
+        if login_ready { 1.0 } else { 0.0 },
     ));
     gauges.push(gauge(
         "authgate_revoked_sessions_tracked",
@@ -428,17 +438,19 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Readiness: the database and the provider are reachable.
+/// Readiness to validate (the readiness probe): the database answers and a signing key is
+/// active. The body reports both parts.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let r = state.readiness.borrow().clone();
-    let body = json!({
-        "ready": r.is_ready(),
-        "database": r.database.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
-        "provider": r.provider.as_ref().err().map_or("ok".to_string(), |e| e.clone()),
-        "shutting_down": r.shutting_down,
-    });
-    let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
+    let status = if r.can_validate() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(r.to_json())).into_response()
+}
+
+/// Readiness to log in: also the provider is discovered and answers.
+async fn readyz_login(State(state): State<HttpState>) -> Response {
+    let r = state.readiness.borrow().clone();
+    let status = if r.can_log_in() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(r.to_json())).into_response()
 }
 
 #[cfg(test)]

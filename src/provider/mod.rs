@@ -6,6 +6,8 @@
 
 pub mod oidc;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use url::Url;
 
@@ -115,6 +117,10 @@ pub trait IdentityProvider: Send + Sync + 'static {
 
     /// A readiness probe: the discovery document answers.
     async fn check(&self) -> Result<(), ProviderError>;
+
+    /// Notified when the provider's state changes (discovery succeeded or failed), so that
+    /// readiness follows at once instead of at the next periodic check.
+    fn state_changed(&self) -> Arc<tokio::sync::Notify>;
 
     /// Redeems a provider refresh token (the provider may rotate it), validates a refreshed
     /// ID token (same issuer, audience and `subject`) and reads the user's current profile.

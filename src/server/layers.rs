@@ -108,6 +108,7 @@ pub const ROUTES: &[Route] = &[
     route("/auth/check", Internal, Check, Limit::None),
     route("/metrics", Internal, Check, Limit::None),
     route("/readyz", Internal, Check, Limit::None),
+    route("/readyz/login", Internal, Check, Limit::None),
     route("/healthz", Both, Check, Limit::None),
     route("/.well-known/jwks.json", Both, Check, Limit::None),
     route("/.well-known/openid-configuration", Both, Check, Limit::None),

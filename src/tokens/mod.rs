@@ -176,6 +176,14 @@ impl TokenIssuer {
         Ok(this)
     }
 
+    /// Whether tokens can be issued and checked now: a key in the set signs (and so verifies).
+    pub fn keys_ready(&self) -> Result<(), String> {
+        match self.ring().signing_key(now()) {
+            Some(_) => Ok(()),
+            None => Err("no signing key is active (see `authgate keys list`)".into()),
+        }
+    }
+
     fn ring(&self) -> Arc<KeyRing> {
         Arc::clone(&self.ring.read().unwrap_or_else(|e| e.into_inner()))
     }

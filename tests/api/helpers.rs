@@ -605,8 +605,11 @@ pub async fn wait_for_health(
     panic!("health of `{service}` never became {want:?}");
 }
 
+/// Waits until the app can validate and log in (its provider discovered).
 pub async fn wait_until_serving(app: &TestApp) {
-    wait_for_health(app, "", tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    wait_for_health(app, "", ServingStatus::Serving).await;
+    wait_for_health(app, authgate::health::LOGIN_SERVICE, ServingStatus::Serving).await;
 }
 
 // -------------------------------------------------------- login driver --

@@ -202,13 +202,35 @@ async fn provider_error_answers_map_to_precise_statuses() {
 }
 
 #[tokio::test]
-async fn a_provider_that_is_down_from_the_start_keeps_authgate_not_serving() {
+async fn a_provider_down_from_the_start_stops_logins_but_not_validation() {
     // Nothing listens on this port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let app = spawn_app(AppOptions::with_issuer(&format!("http://{closed}/oauth2/default"))).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    wait_for_health(&app, "", ServingStatus::NotServing).await;
-    wait_for_health(&app, "authgate.v1.AuthService", ServingStatus::NotServing).await;
+    // Ready to validate (the readiness probe), not to log in.
+    wait_for_health(&app, "", ServingStatus::Serving).await;
+    wait_for_health(&app, "authgate.v1.AuthService", ServingStatus::Serving).await;
+    wait_for_health(&app, authgate::health::VALIDATE_SERVICE, ServingStatus::Serving).await;
+    wait_for_health(&app, authgate::health::LOGIN_SERVICE, ServingStatus::NotServing).await;
+    let http = http_client();
+    let ready = http.get(format!("{}/readyz", app.base_url())).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["validate"]["ready"], true, "{body}");
+    assert_eq!(body["login"]["ready"], false, "{body}");
+    let status = body["login"]["providers"][0]["status"].as_str().unwrap();
+    assert!(status.contains("discovery"), "says why: {body}");
+    let login = http.get(format!("{}/readyz/login", app.base_url())).send().await.unwrap();
+    assert_eq!(login.status(), 503);
+
+    // The fleet's checks are answered; logins are refused with the reason.
+    let checked = app
+        .grpc
+        .clone()
+        .validate_token(authgate::pb::ValidateTokenRequest { token: "not-a-token".into() })
+        .await
+        .expect("ValidateToken is answered without the provider")
+        .into_inner();
+    assert!(!checked.valid);
     let err = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("discovery of"), "{err:?}");
@@ -228,12 +250,13 @@ async fn a_provider_that_goes_down_or_hangs_yields_unavailable() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("could not be reached"), "{err:?}");
 
-    // Gone.
+    // Gone: logins are not ready; validation stays ready.
     let (started, _) = start(&app).await;
     fake.stop();
     let err = app.grpc.clone().exchange_code(exchange(&started)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    wait_for_health(&app, "", ServingStatus::NotServing).await;
+    wait_for_health(&app, authgate::health::LOGIN_SERVICE, ServingStatus::NotServing).await;
+    wait_for_health(&app, "", ServingStatus::Serving).await;
     assert_eq!(app.count_rows("sessions").await, 0);
 }
 

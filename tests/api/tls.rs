@@ -367,10 +367,12 @@ async fn mtls_app(ca: &Ca, dir: &Path) -> TestApp {
             .set("AUTHGATE_INTERNAL_TLS_CLIENT_ALLOWED_NAMES", "checker.fleet.internal")
     })
     .await;
-    // Readiness lives on the internal listener: asked there with an allowed certificate.
+    // Readiness lives on the internal listener: asked there with an allowed certificate, until
+    // logins are ready too.
     let checker = h2_client(ca, Some(&ca.client("checker", false)));
     for _ in 0..100 {
-        if internal_health(&app, Arc::clone(&checker)).await == Ok(1) {
+        let login = internal_health_of(&app, Arc::clone(&checker), authgate::health::LOGIN_SERVICE);
+        if login.await == Ok(1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -380,10 +382,19 @@ async fn mtls_app(ca: &Ca, dir: &Path) -> TestApp {
 
 /// Health over the internal listener with this client TLS configuration.
 async fn internal_health(app: &TestApp, config: Arc<rustls::ClientConfig>) -> Result<i32, String> {
+    internal_health_of(app, config, "").await
+}
+
+/// Health of `service` over the internal listener.
+async fn internal_health_of(
+    app: &TestApp,
+    config: Arc<rustls::ClientConfig>,
+    service: &str,
+) -> Result<i32, String> {
     let channel =
         tls_channel(app.internal_addr.unwrap(), config).await.map_err(|e| format!("{e:?}"))?;
     HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest { service: service.into() })
         .await
         .map(|r| r.into_inner().status)
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))

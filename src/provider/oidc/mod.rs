@@ -139,7 +139,9 @@ const ASYMMETRIC_ALGS: &[CoreJwsSigningAlgorithm] = &[
 const MAX_ID_TOKEN_AGE: Duration = Duration::from_secs(600);
 /// Discovery retry backoff bounds.
 const DISCOVERY_BACKOFF_START: Duration = Duration::from_millis(500);
-const DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Capped low so that a provider that comes back is found (and readiness follows) within a
+/// second: a failing provider is asked about once a second per replica.
+const DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What discovery produced.
 struct Discovered {
@@ -172,6 +174,8 @@ pub struct OidcProvider {
     jwks_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// Guards against two discovery loops.
     started: Mutex<bool>,
+    /// Notified when discovery or the keys' upkeep succeeds or fails (readiness follows it).
+    state_changed: Arc<tokio::sync::Notify>,
 }
 
 impl OidcProvider {
@@ -185,6 +189,7 @@ impl OidcProvider {
             jwks: RwLock::new(Arc::new(Keys::empty())),
             jwks_fetch: tokio::sync::Mutex::new(None),
             started: Mutex::new(false),
+            state_changed: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -212,7 +217,9 @@ impl OidcProvider {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let Some(this) = Weak::upgrade(&weak) else { return };
-                match this.upkeep().await {
+                let outcome = this.upkeep().await;
+                this.state_changed.notify_one();
+                match outcome {
                     Ok(()) => backoff = DISCOVERY_BACKOFF_START,
                     Err(e) => {
                         let ready = this.is_ready();
@@ -734,6 +741,10 @@ impl IdentityProvider for OidcProvider {
 
     async fn validate_logout_token(&self, token: &str) -> Result<LogoutTarget, ProviderError> {
         self.check_logout_token(token).await
+    }
+
+    fn state_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.state_changed)
     }
 
     async fn check(&self) -> Result<(), ProviderError> {
