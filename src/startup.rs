@@ -352,14 +352,8 @@ impl<H: Health> RouterParts<H> {
                 // logged here: the handler that produced it logged why, at the level it
                 // deserves (an expected 503 is no ERROR).
                 TraceLayer::new_for_http()
-                    .make_span_with(|req: &axum::http::Request<_>| {
-                        let id = req
-                            .headers()
-                            .get(REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-                    })
+                    .make_span_with(request_span)
+                    .on_response(record_response)
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .layer(axum::middleware::from_fn(request_id))
@@ -369,6 +363,67 @@ impl<H: Health> RouterParts<H> {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// The span of one request. While spans are exported it is named and attributed per the
+/// OpenTelemetry semantic conventions (`authgate.v1.AuthService/ValidateToken` with `rpc.*`;
+/// `GET /readyz` with `http.*`) and is a child of the caller's `traceparent`; otherwise it
+/// carries only what the logs need.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (method, path) = (req.method(), req.uri().path());
+    if !crate::telemetry::exporting() {
+        return tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    }
+    let grpc = layers::is_grpc_request(req.headers());
+    let route = known_label(path, grpc);
+    let empty = tracing::field::Empty;
+    let span = if grpc {
+        let name = route.trim_start_matches('/');
+        let (service, rpc) = name.split_once('/').unwrap_or((name, ""));
+        tracing::info_span!(
+            "request",
+            request_id = %id, method = %method, path = %path,
+            otel.name = name, otel.kind = "server",
+            rpc.system = "grpc", rpc.service = service, rpc.method = rpc,
+            rpc.grpc.status_code = empty, http.response.status_code = empty,
+        )
+    } else {
+        tracing::info_span!(
+            "request",
+            request_id = %id, method = %method, path = %path,
+            otel.name = %format_args!("{method} {route}"), otel.kind = "server",
+            http.request.method = %method, http.route = route, url.path = %path,
+            http.response.status_code = empty,
+        )
+    };
+    crate::telemetry::adopt_remote_parent(&span, req.headers());
+    span
+}
+
+/// Puts the response's status on the request span (while spans are exported).
+fn record_response<B>(
+    response: &axum::http::Response<B>,
+    latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    use tower_http::trace::OnResponse as _;
+    // tower-http's own DEBUG line ("finished processing request"), as before.
+    tower_http::trace::DefaultOnResponse::default().on_response(response, latency, span);
+    if !crate::telemetry::exporting() {
+        return;
+    }
+    span.record("http.response.status_code", response.status().as_u16());
+    if layers::is_grpc_request(response.headers()) {
+        // Errors come trailers-only, with the status in the headers; a success's status is in
+        // the trailers, after this point.
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        span.record("rpc.grpc.status_code", code);
+    }
+}
 
 /// Gives every request an id: the caller's `x-request-id` when it is a short token, else a new
 /// random one; it is echoed on the response and recorded on the request's log span.

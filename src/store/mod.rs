@@ -302,6 +302,14 @@ impl Store {
         }
     }
 
+    /// The `db.system` of the OpenTelemetry semantic conventions.
+    pub fn db_system(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgresql",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Postgres(_) => "postgres",
@@ -310,7 +318,7 @@ impl Store {
     }
 
     /// Applies the embedded migrations (idempotent).
-    #[tracing::instrument(name = "db", skip_all, fields(op = "migrate"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "migrate", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn migrate(&self) -> Result<(), StoreError> {
         on_backend!(self, s => s.migrate().await)
     }
@@ -320,20 +328,20 @@ impl Store {
         on_backend!(self, s => s.ping().await)
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_attempt"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_attempt", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn insert_attempt(&self, attempt: &LoginAttempt) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_attempt(attempt).await)
     }
 
     /// Inserts several attempts with one statement and one commit.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_attempts"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_attempts", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn insert_attempts(&self, attempts: &[LoginAttempt]) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_attempts(attempts).await)
     }
 
     /// Atomically deletes and returns the attempt with this state and binding. Two concurrent
     /// calls for the same state cannot both get it: the DELETE decides.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "consume_attempt"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "consume_attempt", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn consume_attempt(
         &self,
         state_hash: &[u8],
@@ -344,7 +352,7 @@ impl Store {
 
     /// [`Self::consume_attempt`] for several `(state_hash, binding_hash)` requests at once, one
     /// result per request, in order.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "consume_attempts"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "consume_attempts", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn consume_attempts(
         &self,
         requests: &[(Vec<u8>, Vec<u8>)],
@@ -353,7 +361,7 @@ impl Store {
     }
 
     /// Inserts several sessions, each with its first refresh handle, atomically.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_sessions"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_sessions", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn insert_sessions(
         &self,
         sessions: &[(SessionRecord, Vec<u8>)],
@@ -362,18 +370,18 @@ impl Store {
     }
 
     /// Deletes attempts that expired before `now`; returns how many.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "sweep_expired_attempts"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "sweep_expired_attempts", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn sweep_expired_attempts(&self, now: i64) -> Result<u64, StoreError> {
         on_backend!(self, s => s.sweep_expired_attempts(now).await)
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(op = "count_pending_attempts"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "count_pending_attempts", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn count_pending_attempts(&self, now: i64) -> Result<i64, StoreError> {
         on_backend!(self, s => s.count_pending_attempts(now).await)
     }
 
     /// Inserts a session and its first refresh handle, atomically.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_session"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_session", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn insert_session(
         &self,
         session: &SessionRecord,
@@ -383,7 +391,7 @@ impl Store {
     }
 
     /// What a refresh handle is (see [`RefreshUse`]); changes nothing.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "find_refresh_handle"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "find_refresh_handle", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn find_refresh_handle(&self, handle_hash: &[u8]) -> Result<RefreshUse, StoreError> {
         on_backend!(self, s => s.find_refresh_handle(handle_hash).await)
     }
@@ -391,7 +399,7 @@ impl Store {
     /// Takes the session's refresh lease (`lease`, a random token, held until `until`) unless
     /// another holds it and it has not lapsed: one refresh at the provider at a time per
     /// session, across replicas. `false` when someone else holds it or the session is revoked.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "acquire_refresh_lease"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "acquire_refresh_lease", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn acquire_refresh_lease(
         &self,
         session_id: &str,
@@ -405,7 +413,7 @@ impl Store {
     /// Gives the lease back without rotating the handle, storing the session's provider tokens
     /// as given (the provider may have rotated its refresh token even though the refresh did
     /// not complete). `false` if the lease was no longer held.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "end_refresh_lease"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "end_refresh_lease", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn end_refresh_lease(
         &self,
         session: &SessionRecord,
@@ -418,7 +426,7 @@ impl Store {
     /// unused), the new one stored, the session's profile and provider tokens updated, its
     /// last use set and its lease (when `lease` is given, only if still held) released. Either
     /// all of it happens or none.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "rotate_refresh_handle"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "rotate_refresh_handle", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn rotate_refresh_handle(
         &self,
         old_hash: &[u8],
@@ -431,13 +439,13 @@ impl Store {
     }
 
     /// Records that the session was used now (the idle timeout counts from here).
-    #[tracing::instrument(name = "db", skip_all, fields(op = "touch_session"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "touch_session", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn touch_session(&self, id: &str, now: i64) -> Result<(), StoreError> {
         on_backend!(self, s => s.touch_session(id, now).await)
     }
 
     /// Revokes a session; `false` if it was already revoked or does not exist.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_session"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "revoke_session", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         on_backend!(self, s => s.revoke_session(id, now).await)
     }
@@ -447,7 +455,7 @@ impl Store {
     /// and this subject, when both are given — or, with no `sid`, with this subject. Returns
     /// the revoked session ids, or `None` when the `jti` was seen before (a replay). On error
     /// neither happened.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "revoke_for_logout_token"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "revoke_for_logout_token", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn revoke_for_logout_token(
         &self,
         jti: &str,
@@ -460,7 +468,7 @@ impl Store {
     }
 
     /// Sessions revoked at or after `since`: `(id, revoked_at)`.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "revoked_since"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "revoked_since", db.system = self.db_system(), otel.kind = "client"))]
     /// Sessions revoked at or after `since`, newest first, at most `limit` of them.
     pub async fn revoked_since(
         &self,
@@ -474,7 +482,7 @@ impl Store {
     /// Deletes what can no longer matter: sessions ended more than `grace` seconds ago —
     /// expired, revoked, or idle for longer than `idle` seconds — with their refresh handles,
     /// and expired logout `jti`s. Returns the number of sessions deleted.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "sweep_ended_sessions"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "sweep_ended_sessions", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn sweep_ended_sessions(
         &self,
         now: i64,
@@ -484,18 +492,18 @@ impl Store {
         on_backend!(self, s => s.sweep_ended_sessions(now, grace, idle).await)
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(op = "delete_signing_key"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "delete_signing_key", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn delete_signing_key(&self, kid: &str) -> Result<(), StoreError> {
         on_backend!(self, s => s.delete_signing_key(kid).await)
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(op = "get_session"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_session", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         on_backend!(self, s => s.get_session(id).await)
     }
 
     /// The session whose cookie hashes to `cookie_hash`.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "get_session_by_cookie"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_session_by_cookie", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn get_session_by_cookie(
         &self,
         cookie_hash: &[u8],
@@ -504,7 +512,7 @@ impl Store {
     }
 
     /// Replaces the stored profile and, when given, the provider access token and its expiry.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "update_session_profile"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "update_session_profile", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn update_session_profile(
         &self,
         id: &str,
@@ -514,13 +522,13 @@ impl Store {
         on_backend!(self, s => s.update_session_profile(id, profile_json, provider_access_token).await)
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(op = "insert_signing_key"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_signing_key", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn insert_signing_key(&self, key: &StoredSigningKey) -> Result<(), StoreError> {
         on_backend!(self, s => s.insert_signing_key(key).await)
     }
 
     /// Every signing key not yet expired at `now`, oldest first.
-    #[tracing::instrument(name = "db", skip_all, fields(op = "list_signing_keys"))]
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "list_signing_keys", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn list_signing_keys(&self, now: i64) -> Result<Vec<StoredSigningKey>, StoreError> {
         on_backend!(self, s => s.list_signing_keys(now).await)
     }

@@ -88,6 +88,19 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Healthy means "can validate"; a login also needs the provider discovered.
+    for _ in 0..300 {
+        let login_ready = crate::helpers::http_client()
+            .get(format!("http://127.0.0.1:{port}/readyz/login"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if login_ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A login through it.
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()

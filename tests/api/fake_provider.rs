@@ -53,6 +53,8 @@ pub enum TokenAnswer {
 pub struct TokenRequest {
     pub form: BTreeMap<String, String>,
     pub authorization: Option<String>,
+    /// The W3C trace context authgate sent along, if any.
+    pub traceparent: Option<String>,
 }
 
 struct Key {
@@ -348,6 +350,7 @@ async fn token(
     let request = TokenRequest {
         form,
         authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(String::from),
+        traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(String::from),
     };
     s.token_requests.lock().unwrap().push(request.clone());
     *s.last_token_request.lock().unwrap() = Some(request);

@@ -646,7 +646,12 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
     let http = crate::helpers::http_client();
     let mut ready = false;
     for _ in 0..100 {
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/readyz/login"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             ready = true;
             break;
         }
@@ -713,6 +718,167 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
     );
     assert!(lines.iter().any(|l| l["message"] == "authgate stopped"));
     assert!(!logs.contains(TEST_CLIENT_SECRET));
+}
+
+/// The OpenTelemetry conventions: the standard `OTEL_*` variables win over `otlp_endpoint`; a
+/// caller's `traceparent` (gRPC metadata, HTTP header) becomes the parent of authgate's spans and
+/// travels on to the provider; spans carry the semantic-convention names and attributes; JSON
+/// log lines carry the trace id.
+#[tokio::test]
+async fn traces_follow_the_otel_variables_and_the_callers_trace_context() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", collector.local_addr().unwrap());
+    let sink = Arc::clone(&received);
+    let routes = Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().unwrap().extend_from_slice(&body);
+                ""
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(collector, routes).await.unwrap() });
+    let fake = crate::fake_provider::FakeProvider::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+
+    let db = TestDatabase::create().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("RUST_LOG", "info,authgate=debug")
+        .env("DATABASE_URL", &db.url)
+        .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
+        .env("AUTHGATE_ISSUER_URL", &fake.issuer)
+        .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
+        .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
+        .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
+        .env("AUTHGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        // authgate's own setting points nowhere: the standard variable must win.
+        .env("AUTHGATE_OTLP_ENDPOINT", format!("http://{closed}"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
+        .env("OTEL_SERVICE_NAME", "authgate-under-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = crate::helpers::http_client();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/readyz/login"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the binary did not become ready");
+
+    // A login whose caller is part of trace `grpc_trace`.
+    let grpc_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    fn traced<T>(message: T, trace: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap();
+        request.metadata_mut().insert("traceparent", value);
+        request
+    }
+    let channel =
+        tonic::transport::Channel::from_shared(base.clone()).unwrap().connect().await.unwrap();
+    let mut grpc = authgate::pb::auth_service_client::AuthServiceClient::new(channel);
+    let started = grpc
+        .get_login_url(traced(GetLoginUrlRequest::default(), grpc_trace))
+        .await
+        .unwrap()
+        .into_inner();
+    let nonce = query_param(&started.login_url, "nonce").unwrap();
+    fake.answer_valid(TEST_CLIENT_ID, &nonce);
+    grpc.exchange_code(traced(
+        ExchangeCodeRequest {
+            code: "code-from-fake".into(),
+            state: started.state.clone(),
+            binding: started.binding.clone(),
+            ..Default::default()
+        },
+        grpc_trace,
+    ))
+    .await
+    .unwrap();
+    // ... which went on to the provider's token endpoint.
+    let sent = fake.token_requests("authorization_code");
+    let traceparent = sent.last().unwrap().traceparent.clone().expect("traceparent sent");
+    assert!(traceparent.starts_with(&format!("00-{grpc_trace}-")), "{traceparent}");
+
+    // An HTTP request in trace `http_trace` that logs a line.
+    let http_trace = "0af7651916cd43dd8448eb211c80319c";
+    let refused = http
+        .get(format!("{base}/api/login?prompt=bogus"))
+        .header("x-request-id", "traced-log-check")
+        .header("traceparent", format!("00-{http_trace}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+
+    let hex = |s: &str| {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let wanted: Vec<Vec<u8>> = [
+        hex(grpc_trace),
+        hex(http_trace),
+        b"authgate-under-test".to_vec(),
+        b"authgate.v1.AuthService/ExchangeCode".to_vec(),
+        b"rpc.grpc.status_code".to_vec(),
+        b"GET /api/login".to_vec(),
+        b"http.response.status_code".to_vec(),
+        b"postgresql".to_vec(),
+        b"db.operation.name".to_vec(),
+    ]
+    .into();
+    let mut missing = wanted.clone();
+    for _ in 0..100 {
+        let all = received.lock().unwrap().clone();
+        missing.retain(|needle| !all.windows(needle.len()).any(|w| w == needle.as_slice()));
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "not exported: {:?}",
+        missing.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect::<Vec<_>>()
+    );
+
+    let pid = child.id().unwrap();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(output_dir().join("traced-json-logs.txt"), logs.as_bytes()).unwrap();
+    let line = logs
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .find(|l| l["span"]["request_id"] == "traced-log-check")
+        .unwrap_or_else(|| panic!("no log line of the traced request: {logs}"));
+    assert_eq!(line["trace_id"], http_trace, "{line}");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
 }
 
 /// The CSRF rule at both gateways: a request authenticated by the session cookie with an unsafe

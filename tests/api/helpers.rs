@@ -181,6 +181,10 @@ pub fn test_clients() -> serde_json::Value {
 
 /// Starts `node dev-provider/provider.mjs` on a free port and waits for its issuer line.
 /// The process exits when this test binary does (its stdin closes).
+///
+/// A provider process that has printed nothing after 15 s (it starts in about 2 s on two loaded
+/// cores) is killed and started again, up to three times: on CI, about one start in a few
+/// hundred stalled before listening, which used to hang its test until the run's time limit.
 pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
     let dir = repo_root().join("dev-provider");
     assert!(
@@ -188,35 +192,64 @@ pub fn start_dev_provider(clients: &serde_json::Value) -> DevProvider {
         "dev-provider/node_modules is missing: run `npm ci --prefix dev-provider` (scripts/test does it)"
     );
     let log_path = log_path("dev-provider");
-    // Appended to: a test may start several providers.
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-    let mut child = Command::new("node")
-        .arg("provider.mjs")
-        .current_dir(&dir)
-        .env("PORT", "0")
-        .env("EXIT_ON_STDIN_CLOSE", "1")
-        .env("CLIENTS", clients.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("cannot start node; is Node.js installed?");
-    // The issuer line, read on a thread so that a provider that never starts fails the test.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("dev provider printed no issuer line within 30 s; see {}", log_path.display());
-    };
-    let ready: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("dev provider did not start ({e}); see {}", log_path.display()));
-    DevProvider { issuer: ready["issuer"].as_str().unwrap().to_string(), child: Mutex::new(child) }
+    for attempt in 1..=3 {
+        // Appended to: a test may start several providers.
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .env("EXIT_ON_STDIN_CLOSE", "1")
+            .env("CLIENTS", clients.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone().unwrap())
+            .spawn()
+            .expect("cannot start node; is Node.js installed?");
+        // The issuer line, read on a thread so that a provider that never starts cannot hang
+        // the test.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(15)) else {
+            // What each of its threads waits on, for the record.
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .map(|d| {
+                    d.flatten()
+                        .map(|t| {
+                            let read = |f: &str| {
+                                std::fs::read_to_string(t.path().join(f)).unwrap_or_default()
+                            };
+                            format!("{} {}", read("comm").trim(), read("wchan").trim())
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(log, "[harness] threads of the stalled provider: {tasks}");
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = writeln!(
+                log,
+                "[harness] provider pid {} printed no issuer line within 15 s (attempt {attempt} of 3); killed",
+                child.id()
+            );
+            continue;
+        };
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("dev provider did not start ({e}); see {}", log_path.display())
+        });
+        return DevProvider {
+            issuer: ready["issuer"].as_str().unwrap().to_string(),
+            child: Mutex::new(child),
+        };
+    }
+    panic!("dev provider printed no issuer line in three starts; see {}", log_path.display());
 }
 
 // ------------------------------------------------------------ databases --

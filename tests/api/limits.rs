@@ -673,7 +673,10 @@ async fn binary_with_fd_limit(
     let checks = format!("http://{}", internal_addr.unwrap_or(public));
     let mut ready = false;
     for _ in 0..150 {
-        if reqwest::get(format!("{checks}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(format!("{checks}/readyz/login"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             ready = true;
             break;
         }

@@ -36,7 +36,8 @@ impl ProviderHttp {
     }
 
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, Error> {
-        let request: reqwest::Request = request.try_into().map_err(Box::new)?;
+        let mut request: reqwest::Request = request.try_into().map_err(Box::new)?;
+        crate::telemetry::inject_current(request.headers_mut());
         let mut response = self.client.execute(request).await.map_err(Box::new)?;
         let too_large = || {
             HttpClientError::Other(format!(

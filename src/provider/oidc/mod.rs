@@ -705,7 +705,10 @@ impl IdentityProvider for OidcProvider {
             ("token", refresh_token.expose().clone()),
             ("token_type_hint", "refresh_token".to_string()),
         ];
-        let request = self.authenticate(self.http.client().post(&endpoint), &mut form);
+        let mut trace = ::http::HeaderMap::new();
+        crate::telemetry::inject_current(&mut trace);
+        let request =
+            self.authenticate(self.http.client().post(&endpoint).headers(trace), &mut form);
         let response = observed("revocation", request.form(&form).send()).await.map_err(|e| {
             ProviderError::Unreachable(format!("revocation request failed: {}", error_chain(&e)))
         })?;
