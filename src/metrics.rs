@@ -43,6 +43,11 @@ const METRICS: &[(&str, &str, &str)] = &[
     ),
     ("authgate_grpc_request_duration_seconds", "histogram", "gRPC request latency, by method."),
     (
+        "authgate_grpc_requests_total",
+        "counter",
+        "gRPC requests, by method and status code (OK, INVALID_ARGUMENT, UNAVAILABLE, ...; the status of a unary error, which comes in the response headers).",
+    ),
+    (
         "authgate_http_request_duration_seconds",
         "histogram",
         "HTTP request latency, by route and status.",
@@ -236,6 +241,87 @@ pub fn render(gauges: &[Gauge]) -> String {
         let _ = writeln!(out, "{}{} {}", g.name, label_text(&g.labels, None), g.value);
     }
     out
+}
+
+/// The gRPC status code name (`OK`, `INVALID_ARGUMENT`, ...) of a `grpc-status` value.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+/// The standard process metrics of the Prometheus client libraries (`process_*`), read from
+/// `/proc/self` at scrape time: CPU seconds, resident and virtual memory, open and maximum file
+/// descriptors, threads, start time. Nothing is written where `/proc` is not readable.
+pub fn render_process(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a system constant.
+    let (ticks, page) = unsafe {
+        (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64)
+    };
+    let ticks = if ticks > 0.0 { ticks } else { 100.0 };
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0) as f64;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur as f64
+    } else {
+        0.0
+    };
+    let metrics: [(&str, &str, &str, f64); 7] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            (field(14) + field(15)) / ticks,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            field(24) * page,
+        ),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", field(23)),
+        ("process_open_fds", "gauge", "Open file descriptors.", open_fds),
+        ("process_max_fds", "gauge", "The open-file limit (soft).", max_fds),
+        ("process_threads", "gauge", "Operating system threads.", field(20)),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            boot + field(22) / ticks,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 #[cfg(test)]

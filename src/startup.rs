@@ -481,6 +481,17 @@ async fn observe(
             &[("method", label)],
             elapsed,
         );
+        // A unary error comes trailers-only, its status in the headers; a success's status is
+        // in the trailers, after this point: OK when the headers name none.
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+            .unwrap_or(0);
+        crate::metrics::inc(
+            "authgate_grpc_requests_total",
+            &[("method", label), ("code", crate::metrics::grpc_code_name(code))],
+        );
     } else {
         let class = match response.status().as_u16() {
             100..=199 => "1xx",

@@ -390,6 +390,28 @@ print(json.dumps(out))
     };
     assert_eq!(families["authgate_logins_started"]["type"], "counter");
     assert!(sample("authgate_logins_started", "authgate_logins_started_total", &[]) >= 2.0);
+    // gRPC requests by status code: the refused exchange, and the successful calls.
+    let rpc = "authgate_grpc_requests";
+    assert_eq!(families[rpc]["type"], "counter");
+    let exchange = "/authgate.v1.AuthService/ExchangeCode";
+    let codes: Vec<String> = families[rpc]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s[1]["method"] == exchange)
+        .map(|s| s[1]["code"].as_str().unwrap().to_string())
+        .collect();
+    assert!(codes.contains(&"OK".to_string()), "{codes:?}");
+    assert!(codes.iter().any(|c| c != "OK"), "the refused exchange has its code: {codes:?}");
+    // The standard process metrics.
+    assert_eq!(families["process_cpu_seconds"]["type"], "counter");
+    assert!(sample("process_cpu_seconds", "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(sample("process_resident_memory_bytes", "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(sample("process_open_fds", "process_open_fds", &[]) >= 3.0);
+    assert!(sample("process_max_fds", "process_max_fds", &[]) >= 1024.0);
+    let started = sample("process_start_time_seconds", "process_start_time_seconds", &[]);
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(started > now - 7200.0 && started <= now + 1.0, "{started} vs {now}");
     assert!(sample("authgate_logins_completed", "authgate_logins_completed_total", &[]) >= 1.0);
     assert!(
         sample(
