@@ -615,71 +615,91 @@ async fn the_cli_checks_the_configuration_and_explains_itself() {
     }
 }
 
-/// Runs the real binary with OTLP export to a fake collector and JSON logs: the spans of a
-/// request arrive at the collector, and the log lines are JSON carrying the request id.
-#[tokio::test]
-async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
-    use std::sync::{Arc, Mutex};
-    /// (content type, body) of each export the collector received.
-    type Exports = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-    let received: Exports = Arc::default();
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_url = format!("http://{}", collector.local_addr().unwrap());
-    let sink = Arc::clone(&received);
-    let app = Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = Arc::clone(&sink);
-            async move {
-                let kind = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                sink.lock().unwrap().push((kind, body.to_vec()));
-                ""
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(collector, app).await.unwrap() });
+/// (content type, body) of each export a [`Collector`] received.
+type Exports = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
-    let db = TestDatabase::create().await;
+/// An OTLP/HTTP collector stand-in: it keeps (content type, body) of every export.
+struct Collector {
+    url: String,
+    exports: Exports,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let exports = Exports::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sink = std::sync::Arc::clone(&exports);
+        let routes = Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let sink = std::sync::Arc::clone(&sink);
+                async move {
+                    let kind = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    sink.lock().unwrap().push((kind, body.to_vec()));
+                    ""
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+        Self { url, exports }
+    }
+
+    /// Every export's body, end to end.
+    fn bytes(&self) -> Vec<u8> {
+        self.exports.lock().unwrap().iter().flat_map(|(_, b)| b.clone()).collect()
+    }
+}
+
+/// Runs the authgate binary with JSON logs (stderr piped) on a free port against `db`, signing
+/// in at `issuer`, with `extra` settings; returns once it can log in, with its base URL.
+async fn spawn_json_binary(
+    db: &TestDatabase,
+    issuer: &str,
+    extra: &[(&str, String)],
+) -> (tokio::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"));
+    command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("RUST_LOG", "info,authgate=debug")
         .env("DATABASE_URL", &db.url)
         .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
-        .env("AUTHGATE_ISSUER_URL", &dev_provider().issuer)
+        .env("AUTHGATE_ISSUER_URL", issuer)
         .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
         .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
         .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
         .env("AUTHGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("AUTHGATE_LOG_FORMAT", "json")
-        .env("AUTHGATE_OTLP_ENDPOINT", &collector_url)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = crate::helpers::http_client();
-    let mut ready = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{base}/readyz/login"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    for (key, value) in extra {
+        command.env(key, value);
     }
-    assert!(ready, "the binary did not become ready");
+    let child =
+        command.stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_login_ready(&base).await;
+    (child, base)
+}
+
+/// Runs the real binary with OTLP export to a fake collector and JSON logs: the spans of a
+/// request arrive at the collector, and the log lines are JSON carrying the request id.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
+    let collector = Collector::start().await;
+    let db = TestDatabase::create().await;
+    let (child, base) = spawn_json_binary(
+        &db,
+        &dev_provider().issuer,
+        &[("AUTHGATE_OTLP_ENDPOINT", collector.url.clone())],
+    )
+    .await;
+    let http = crate::helpers::http_client();
     let channel =
         tonic::transport::Channel::from_shared(base.clone()).unwrap().connect().await.unwrap();
     authgate::pb::auth_service_client::AuthServiceClient::new(channel)
@@ -696,7 +716,7 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
 
     let mut exported = false;
     for _ in 0..50 {
-        let got = received.lock().unwrap().clone();
+        let got = collector.exports.lock().unwrap().clone();
         let all: Vec<u8> = got.iter().flat_map(|(_, b)| b.clone()).collect();
         let has = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
         if has(b"GetLoginUrl") && has(b"authgate") && has(b"db") {
@@ -748,65 +768,22 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
 /// log lines carry the trace id.
 #[tokio::test]
 async fn traces_follow_the_otel_variables_and_the_callers_trace_context() {
-    use std::sync::{Arc, Mutex};
-    let received: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_url = format!("http://{}", collector.local_addr().unwrap());
-    let sink = Arc::clone(&received);
-    let routes = Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = Arc::clone(&sink);
-            async move {
-                sink.lock().unwrap().extend_from_slice(&body);
-                ""
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(collector, routes).await.unwrap() });
+    let collector = Collector::start().await;
     let fake = crate::fake_provider::FakeProvider::start().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-
     let db = TestDatabase::create().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("RUST_LOG", "info,authgate=debug")
-        .env("DATABASE_URL", &db.url)
-        .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
-        .env("AUTHGATE_ISSUER_URL", &fake.issuer)
-        .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
-        .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
-        .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
-        .env("AUTHGATE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("AUTHGATE_LOG_FORMAT", "json")
-        // authgate's own setting points nowhere: the standard variable must win.
-        .env("AUTHGATE_OTLP_ENDPOINT", format!("http://{closed}"))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
-        .env("OTEL_SERVICE_NAME", "authgate-under-test")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (child, base) = spawn_json_binary(
+        &db,
+        &fake.issuer,
+        &[
+            // authgate's own setting points nowhere: the standard variable must win.
+            ("AUTHGATE_OTLP_ENDPOINT", format!("http://{closed}")),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.clone()),
+            ("OTEL_SERVICE_NAME", "authgate-under-test".into()),
+        ],
+    )
+    .await;
     let http = crate::helpers::http_client();
-    let mut ready = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{base}/readyz/login"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the binary did not become ready");
 
     // A login whose caller is part of trace `grpc_trace`.
     let grpc_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -873,7 +850,7 @@ async fn traces_follow_the_otel_variables_and_the_callers_trace_context() {
     .into();
     let mut missing = wanted.clone();
     for _ in 0..100 {
-        let all = received.lock().unwrap().clone();
+        let all = collector.bytes();
         missing.retain(|needle| !all.windows(needle.len()).any(|w| w == needle.as_slice()));
         if missing.is_empty() {
             break;

@@ -638,6 +638,20 @@ pub async fn wait_for_health(
     panic!("health of `{service}` never became {want:?}");
 }
 
+/// Waits (up to 15 s) until the server at `base` answers `/readyz/login` with 200: it can
+/// validate and log in.
+pub async fn wait_until_login_ready(base: &str) {
+    let http = http_client();
+    for _ in 0..150 {
+        let ready = http.get(format!("{base}/readyz/login")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base} did not become ready to log in");
+}
+
 /// Waits until the app can validate and log in (its provider discovered).
 pub async fn wait_until_serving(app: &TestApp) {
     use tonic_health::pb::health_check_response::ServingStatus;

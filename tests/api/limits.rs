@@ -670,19 +670,7 @@ async fn binary_with_fd_limit(
         });
     }
     let child = command.spawn().unwrap();
-    let checks = format!("http://{}", internal_addr.unwrap_or(public));
-    let mut ready = false;
-    for _ in 0..150 {
-        if reqwest::get(format!("{checks}/readyz/login"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the binary did not become ready");
+    wait_until_login_ready(&format!("http://{}", internal_addr.unwrap_or(public))).await;
     let open = std::fs::read_dir(format!("/proc/{}/fd", child.id().unwrap())).unwrap().count();
     assert!(open >= occupied, "{open} descriptors open in the child, {occupied} expected");
     (child, public, internal_addr, dir)

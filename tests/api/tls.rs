@@ -189,20 +189,27 @@ async fn counter(client: &reqwest::Client, base: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// An app whose public listener speaks TLS with a certificate from `ca` (written into `dir` as
+/// `server.crt` / `server.key`), with `extra` settings; serving when returned.
+async fn tls_app(ca: &Ca, dir: &Path, extra: &[(&str, &str)]) -> TestApp {
+    let (cert, key) = write_leaf(dir, "server", &ca.server("authgate.test"));
+    let mut options = AppOptions::real()
+        .set("AUTHGATE_TLS_CERT_FILE", path(&cert))
+        .set("AUTHGATE_TLS_KEY_FILE", path(&key));
+    for (name, value) in extra {
+        options = options.set(name, value);
+    }
+    let app = spawn_app(AppOptions { tls_client: Some(h2_client(ca, None)), ..options }).await;
+    wait_until_serving(&app).await;
+    app
+}
+
 #[tokio::test]
 async fn grpc_grpc_web_and_http_are_served_over_tls_with_alpn() {
     let ca = Ca::new("authgate test CA");
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_leaf(dir.path(), "server", &ca.server("authgate.test"));
-    let app = spawn_app(AppOptions {
-        tls_client: Some(h2_client(&ca, None)),
-        ..AppOptions::real()
-            .set("AUTHGATE_TLS_CERT_FILE", path(&cert))
-            .set("AUTHGATE_TLS_KEY_FILE", path(&key))
-            .set("AUTHGATE_PUBLIC_URL", "https://localhost:8443")
-    })
-    .await;
-    wait_until_serving(&app).await;
+    let app = tls_app(&ca, dir.path(), &[("AUTHGATE_PUBLIC_URL", "https://localhost:8443")]).await;
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
 
     // gRPC over TLS (ALPN h2).
     let started = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap();
@@ -467,17 +474,8 @@ async fn mutual_tls_required_optional_wrong_ca_expired_and_the_allow_list() {
 async fn slow_handshakes_time_out_and_are_capped() {
     let ca = Ca::new("authgate test CA");
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_leaf(dir.path(), "server", &ca.server("authgate.test"));
-    let app = spawn_app(AppOptions {
-        tls_client: Some(h2_client(&ca, None)),
-        ..AppOptions::real()
-            .set("AUTHGATE_TLS_CERT_FILE", path(&cert))
-            .set("AUTHGATE_TLS_KEY_FILE", path(&key))
-            .set("AUTHGATE_TLS_HANDSHAKE_TIMEOUT", "5s")
-            .set("AUTHGATE_TLS_MAX_HANDSHAKES", "2")
-    })
-    .await;
-    wait_until_serving(&app).await;
+    let settings = [("AUTHGATE_TLS_HANDSHAKE_TIMEOUT", "5s"), ("AUTHGATE_TLS_MAX_HANDSHAKES", "2")];
+    let app = tls_app(&ca, dir.path(), &settings).await;
     // Two clients that connect and say nothing hold both handshake places; a third is closed
     // at once; the two are closed when the timeout runs out.
     let mut silent = Vec::new();
