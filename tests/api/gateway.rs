@@ -655,6 +655,21 @@ impl Collector {
     }
 }
 
+/// Stops a [`spawn_json_binary`] child with SIGTERM; it must exit 0 within 10 s. Its log
+/// (stderr), also written to `target/test-output/<file>`.
+async fn stop_and_read_logs(child: tokio::process::Child, file: &str) -> String {
+    let pid = child.id().unwrap();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "graceful shutdown exits 0");
+    let logs = String::from_utf8_lossy(&out.stderr).into_owned();
+    std::fs::write(output_dir().join(file), logs.as_bytes()).unwrap();
+    logs
+}
+
 /// Runs the authgate binary with JSON logs (stderr piped) on a free port against `db`, signing
 /// in at `issuer`, with `extra` settings; returns once it can log in, with its base URL.
 async fn spawn_json_binary(
@@ -733,15 +748,7 @@ async fn spans_are_exported_over_otlp_and_logs_can_be_json() {
     assert!(exported, "no OTLP export with the GetLoginUrl span reached the collector");
 
     // SIGTERM: graceful shutdown; then read the JSON log lines.
-    let pid = child.id().unwrap();
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(out.status.success(), "graceful shutdown exits 0");
-    let logs = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(output_dir().join("json-logs.txt"), logs.as_bytes()).unwrap();
+    let logs = stop_and_read_logs(child, "json-logs.txt").await;
     let lines: Vec<Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
@@ -863,14 +870,7 @@ async fn traces_follow_the_otel_variables_and_the_callers_trace_context() {
         missing.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect::<Vec<_>>()
     );
 
-    let pid = child.id().unwrap();
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(output_dir().join("traced-json-logs.txt"), logs.as_bytes()).unwrap();
+    let logs = stop_and_read_logs(child, "traced-json-logs.txt").await;
     let line = logs
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))

@@ -522,33 +522,13 @@ async fn grpcurl_speaks_to_the_internal_listener_over_mutual_tls() {
         )
     };
     let ca_file = dir.path().join("ca.pem");
-    let (ok, out) = grpcurl(vec![
-        "-cacert",
-        path(&ca_file),
-        "-cert",
-        path(&cert),
-        "-key",
-        path(&key),
-        "-servername",
-        "localhost",
-        &internal,
-        "grpc.health.v1.Health/Check",
-    ]);
-    assert!(ok && out.contains("SERVING"), "{out}");
-    let (ok, out) = grpcurl(vec![
-        "-cacert",
-        path(&ca_file),
-        "-cert",
-        path(&cert),
-        "-key",
-        path(&key),
-        "-servername",
-        "localhost",
-        &internal,
-        "list",
-    ]);
-    assert!(ok && out.contains("authgate.v1.AuthService"), "{out}");
+    let trusting = ["-cacert", path(&ca_file), "-servername", "localhost"];
+    let as_checker = [&trusting[..], &["-cert", path(&cert), "-key", path(&key)]].concat();
     let (ok, out) =
-        grpcurl(vec!["-cacert", path(&ca_file), "-servername", "localhost", &internal, "list"]);
+        grpcurl([&as_checker[..], &[&internal, "grpc.health.v1.Health/Check"]].concat());
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = grpcurl([&as_checker[..], &[&internal, "list"]].concat());
+    assert!(ok && out.contains("authgate.v1.AuthService"), "{out}");
+    let (ok, out) = grpcurl([&trusting[..], &[&internal, "list"]].concat());
     assert!(!ok, "without a client certificate grpcurl is refused: {out}");
 }
