@@ -59,7 +59,7 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
     // on the root file system becomes read-only; then the entrypoint, as uid 10001.
     let entrypoint = "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro / && cd \"$1\" && \
          exec setpriv --reuid 10001 --regid 10001 --clear-groups -- \"$2\" serve";
-    let mut server = as_image(entrypoint).spawn().unwrap();
+    let mut server = Running(as_image(entrypoint).spawn().unwrap());
     let healthcheck = || {
         Command::new("setpriv")
             .args(["--reuid", UID, "--regid", UID, "--clear-groups", "--", &binary, "healthcheck"])
@@ -74,10 +74,10 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
         if out.status.success() {
             break;
         }
-        if let Ok(Some(status)) = server.try_wait() {
+        if let Ok(Some(status)) = server.0.try_wait() {
             let mut stderr = String::new();
             use std::io::Read;
-            server.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            server.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
             panic!("the entrypoint stopped ({status}): {stderr}");
         }
         assert!(
@@ -137,11 +137,11 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
     assert_eq!(std::fs::metadata(data.join("authgate.db.key")).unwrap().mode() & 0o777, 0o600);
 
     // SIGTERM: a clean stop.
-    let pid = server.id();
+    let pid = server.0.id();
     assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let deadline = std::time::Instant::now() + Duration::from_secs(25);
     let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
+        if let Some(status) = server.0.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "still running 25 s after SIGTERM");
@@ -149,6 +149,18 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
     };
     assert!(status.success(), "stopped with {status}");
     assert!(!healthcheck().status.success(), "the healthcheck fails once it is gone");
+}
+
+/// The server under test: killed if the test ends (a failed assertion) before it stopped it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn unsafe_geteuid() -> u32 {

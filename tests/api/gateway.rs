@@ -237,7 +237,7 @@ async fn start_nginx(authgate: &str, upstream: u16) -> Nginx {
     let d = dir.path().display();
     let conf = format!(
         r#"daemon off;
-worker_processes 1;
+master_process off;
 user root;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
