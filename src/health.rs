@@ -10,7 +10,13 @@
 //! monitor checks every `health_check_interval` (1 s) and at once when the provider's state
 //! changes (discovery, whose retries are capped at 1 s, succeeded or failed).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -90,9 +96,9 @@ impl Readiness {
 pub async fn report_shutting_down(
     reporter: &HealthReporter,
     readiness: &watch::Sender<Readiness>,
-    draining: &std::sync::atomic::AtomicBool,
+    draining: &AtomicBool,
 ) {
-    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    draining.store(true, Ordering::SeqCst);
     readiness.send_modify(|r| r.shutting_down = true);
     let mut stopped = readiness.borrow().clone();
     stopped.shutting_down = true;
@@ -113,27 +119,51 @@ async fn publish(reporter: &HealthReporter, r: &Readiness) {
     reporter.set_service_status(LOGIN_SERVICE, status(r.can_log_in())).await;
 }
 
-/// Checks every `interval`, and at once when the provider's state changes, until aborted.
+/// Checks every `interval`, and at once when the provider's state changes, until aborted. The
+/// provider is probed on a task of its own, so that a provider that hangs (up to
+/// `provider_timeout`) never delays what the database and the keys say.
 pub async fn monitor(
     store: Store,
     provider: Arc<dyn IdentityProvider>,
     tokens: Arc<TokenIssuer>,
     reporter: HealthReporter,
     readiness: Arc<watch::Sender<Readiness>>,
-    draining: Arc<std::sync::atomic::AtomicBool>,
+    draining: Arc<AtomicBool>,
     interval: Duration,
 ) {
     let mut last = Readiness::not_checked();
     publish(&reporter, &last).await;
     let changed = provider.state_changed();
+    let probe = Arc::new(ProviderProbe::default());
+    // The first probe starts at once.
+    let mut force_probe = true;
+    let mut probe_started: Option<tokio::time::Instant> = None;
     loop {
-        let (database, idp) = tokio::join!(store.ping(), provider.check());
+        let due = probe_started.is_none_or(|t| t.elapsed() >= interval);
+        if (force_probe || due) && !probe.in_flight.swap(true, Ordering::AcqRel) {
+            probe_started = Some(tokio::time::Instant::now());
+            let (provider, probe) = (Arc::clone(&provider), Arc::clone(&probe));
+            tokio::spawn(async move {
+                let result = provider.check().await.map_err(|e| e.to_string());
+                *probe.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                probe.in_flight.store(false, Ordering::Release);
+                probe.done.notify_one();
+            });
+        }
+        force_probe = false;
+        let database = store.ping().await;
+        let provider_state = probe
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| Err("not checked yet".into()));
         let now = Readiness {
             database: database.map_err(|e| e.to_string()),
             signing_keys: tokens.keys_ready(),
-            provider: idp.map_err(|e| e.to_string()),
+            provider: provider_state,
             issuer: provider.issuer().to_string(),
-            shutting_down: draining.load(std::sync::atomic::Ordering::SeqCst),
+            shutting_down: draining.load(Ordering::SeqCst),
         };
         let first = last == Readiness::not_checked();
         if first
@@ -142,6 +172,8 @@ pub async fn monitor(
         {
             if now.can_log_in() {
                 info!("ready: can validate and can log in");
+            } else if now.can_validate() && first {
+                info!("ready to validate; checking the provider");
             } else if now.can_validate() {
                 warn!(provider = ?now.provider, "ready to validate; logins unavailable (provider)");
             } else {
@@ -153,7 +185,18 @@ pub async fn monitor(
         last = now;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            () = changed.notified() => {}
+            // Discovery succeeded or failed: probe again at once.
+            () = changed.notified() => force_probe = true,
+            // A probe finished: report what it found.
+            () = probe.done.notified() => {}
         }
     }
+}
+
+/// The provider probe's last result, and whether one is running.
+#[derive(Default)]
+struct ProviderProbe {
+    latest: std::sync::Mutex<Option<Result<(), String>>>,
+    in_flight: AtomicBool,
+    done: tokio::sync::Notify,
 }
