@@ -120,7 +120,6 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
                 .build();
             let tracer = provider.tracer("authgate");
             let layer = tracing_opentelemetry::layer().with_tracer(tracer);
-            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             EXPORTING.store(true, Ordering::Relaxed);
             (Some(layer), Some(provider))
         }

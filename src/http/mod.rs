@@ -443,15 +443,18 @@ async fn healthz() -> Response {
 /// Readiness to validate (the readiness probe): the database answers and a signing key is
 /// active. The body reports both parts.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let r = state.readiness.borrow().clone();
-    let status = if r.can_validate() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(r.to_json())).into_response()
+    readiness_answer(&state, Readiness::can_validate)
 }
 
 /// Readiness to log in: also the provider is discovered and answers.
 async fn readyz_login(State(state): State<HttpState>) -> Response {
+    readiness_answer(&state, Readiness::can_log_in)
+}
+
+/// 200 when `ready` holds, else 503; the body reports both parts either way.
+fn readiness_answer(state: &HttpState, ready: fn(&Readiness) -> bool) -> Response {
     let r = state.readiness.borrow().clone();
-    let status = if r.can_log_in() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready(&r) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(r.to_json())).into_response()
 }
 

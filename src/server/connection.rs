@@ -274,13 +274,7 @@ fn refuse_client(reason: &str, headers: &http::HeaderMap) -> Response<axum::body
     if super::layers::is_grpc_request(headers) {
         return super::layers::grpc_error(tonic::Status::permission_denied(reason), headers);
     }
-    let mut response = Response::new(axum::body::Body::from(format!("{reason}\n")));
-    *response.status_mut() = http::StatusCode::FORBIDDEN;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::http::json_error(http::StatusCode::FORBIDDEN, "client_not_allowed", reason)
 }
 
 /// Serves one accepted connection (plain TCP, or TLS after its handshake) until it ends, times

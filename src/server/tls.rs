@@ -58,7 +58,7 @@ impl ClientIdentity {
         let mut names = Vec::new();
         for rdn in tbs.subject.0.iter() {
             for atv in rdn.0.iter() {
-                if atv.oid == const_oid_cn()
+                if atv.oid == x509_cert::der::oid::db::rfc4519::CN
                     && let Some(cn) = text_of(&atv.value)
                 {
                     names.push(cn.to_string());
@@ -83,10 +83,6 @@ impl ClientIdentity {
     pub fn is_allowed(&self, allowed: &[String]) -> bool {
         self.names.iter().any(|n| allowed.iter().any(|a| a == n))
     }
-}
-
-fn const_oid_cn() -> x509_cert::der::oid::ObjectIdentifier {
-    x509_cert::der::oid::db::rfc4519::CN
 }
 
 fn text_of(value: &x509_cert::der::Any) -> Option<&str> {
@@ -129,16 +125,21 @@ impl HandshakeFailure {
     }
 }
 
+/// A loaded set of files: the server configuration, and its leaf certificate described
+/// (subject, expiry) for the logs.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    summary: String,
+}
+
 /// One listener's TLS: the current server configuration, swapped whole when the files change.
 pub struct TlsListener {
     listener: &'static str,
-    /// The leaf certificate in use, described (subject, expiry).
-    summary: RwLock<String>,
     settings: TlsSettings,
-    config: RwLock<Arc<ServerConfig>>,
-    /// The files as they were at the last load attempt: a change is looked for against these,
-    /// so a bad new file is reported once, not at every check.
-    seen: Mutex<Vec<Vec<u8>>>,
+    loaded: RwLock<Arc<Loaded>>,
+    /// The files (or why they could not be read) at the last load attempt: a change is looked
+    /// for against these, so a bad new file is reported once, not at every check.
+    seen: Mutex<Result<Vec<Vec<u8>>, String>>,
     handshakes: Arc<Semaphore>,
     handshake_timeout: Duration,
 }
@@ -152,14 +153,13 @@ impl TlsListener {
         max_handshakes: usize,
     ) -> Result<Arc<Self>, String> {
         let files = read_files(&settings)?;
-        let (config, summary) = build(&settings, &files)?;
-        tracing::debug!(listener, certificate = %summary, client_auth = ?settings.client_auth, "TLS files loaded");
+        let loaded = build(&settings, &files)?;
+        debug!(listener, certificate = %loaded.summary, client_auth = ?settings.client_auth, "TLS files loaded");
         Ok(Arc::new(Self {
             listener,
-            summary: RwLock::new(summary),
             settings,
-            config: RwLock::new(Arc::new(config)),
-            seen: Mutex::new(files),
+            loaded: RwLock::new(Arc::new(loaded)),
+            seen: Mutex::new(Ok(files)),
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
             handshake_timeout,
         }))
@@ -167,21 +167,18 @@ impl TlsListener {
 
     /// The certificate in use: `CN=… (expires …)`.
     pub fn summary(&self) -> String {
-        self.summary.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current().summary.clone()
     }
 
-    fn current(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    fn current(&self) -> Arc<Loaded> {
+        Arc::clone(&self.loaded.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Reads the files again and, if they changed, loads them: `None` when nothing changed,
     /// else whether the new set took effect (the old one stays when it did not).
     pub fn reload_if_changed(&self) -> Option<Result<(), String>> {
-        let files = match read_files(&self.settings) {
-            Ok(files) => files,
-            // A missing or unreadable file: reported once per distinct problem.
-            Err(e) => vec![e.into_bytes()],
-        };
+        // A missing or unreadable file is a change too, reported once per distinct problem.
+        let files = read_files(&self.settings);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if *seen == files {
@@ -189,15 +186,11 @@ impl TlsListener {
             }
             seen.clone_from(&files);
         }
-        let outcome = if files.len() == 1 {
-            Err(String::from_utf8_lossy(&files[0]).into_owned())
-        } else {
-            build(&self.settings, &files).map(|(config, summary)| {
-                *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-                summary.clone_into(&mut self.summary.write().unwrap_or_else(|e| e.into_inner()));
-                summary
-            })
-        };
+        let outcome = files.and_then(|files| build(&self.settings, &files)).map(|loaded| {
+            let summary = loaded.summary.clone();
+            *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+            summary
+        });
         let listener = self.listener;
         match &outcome {
             Ok(summary) => {
@@ -240,7 +233,7 @@ impl TlsListener {
         let Ok(_permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
             return Err(HandshakeFailure::AtCap);
         };
-        let acceptor = TlsAcceptor::from(self.current());
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.current().config));
         let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await
         {
             Err(_) => return Err(HandshakeFailure::Timeout),
@@ -303,9 +296,9 @@ fn read_files(settings: &TlsSettings) -> Result<Vec<Vec<u8>>, String> {
     Ok(files)
 }
 
-/// A rustls server configuration from the files' bytes, and a line describing the leaf
+/// A rustls server configuration from the files' bytes, with a line describing the leaf
 /// certificate for the log.
-fn build(settings: &TlsSettings, files: &[Vec<u8>]) -> Result<(ServerConfig, String), String> {
+fn build(settings: &TlsSettings, files: &[Vec<u8>]) -> Result<Loaded, String> {
     let cert_path = settings.cert_file.display();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files[0])
         .collect::<Result<_, _>>()
@@ -338,7 +331,7 @@ fn build(settings: &TlsSettings, files: &[Vec<u8>]) -> Result<(ServerConfig, Str
         )
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, summary))
+    Ok(Loaded { config: Arc::new(config), summary })
 }
 
 fn client_verifier(
