@@ -1,184 +1,220 @@
-//! Prometheus metrics, exposed at `GET /metrics` in the text exposition format (0.0.4).
+//! Prometheus metrics, exposed at `GET /metrics` in the text exposition format (0.0.4), on the
+//! ecosystem's `metrics` facade with `metrics-exporter-prometheus` as its recorder.
 //!
-//! A small registry of counters and histograms keyed by name and labels; every series is a set of
-//! atomics, so recording costs a read lock and a few atomic adds. Gauges that describe state
-//! (pending login attempts, pool usage, readiness) are read at scrape time.
+//! Counters and histograms go through the facade's global recorder, installed on first use (so a
+//! library that records with `metrics` shows up too); histogram samples are folded into their
+//! buckets every 5 s and at each scrape. Gauges that describe one server's state (pending login
+//! attempts, pool usage, readiness, ...) and the process metrics are read at scrape time into a
+//! recorder of that scrape's own, so two servers in one process (the tests) never mix their state.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
-    fmt::Write,
-    sync::{
-        Arc, OnceLock, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
+    sync::OnceLock,
+    time::{Duration, Instant},
 };
+
+use metrics::Label;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds (1 ms to 10 s).
 const BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-/// Every metric authgate records: name, type, help.
-const METRICS: &[(&str, &str, &str)] = &[
+/// How often histogram samples are folded into their buckets when nobody scrapes (they queue
+/// until then).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Histogram,
+}
+use Kind::{Counter, Histogram};
+
+/// Every counter and histogram authgate records: name, type, help.
+const METRICS: &[(&str, Kind, &str)] = &[
     (
         "authgate_logins_started_total",
-        "counter",
+        Counter,
         "Login attempts started (GetLoginUrl, /api/login, /authorization-code/login).",
     ),
     (
         "authgate_logins_completed_total",
-        "counter",
+        Counter,
         "Logins completed: a session was opened and a token minted.",
     ),
-    ("authgate_logins_failed_total", "counter", "Logins that failed, by reason."),
+    ("authgate_logins_failed_total", Counter, "Logins that failed, by reason."),
     (
         "authgate_token_validations_total",
-        "counter",
+        Counter,
         "Token checks (ValidateToken and the gateway checks), by result.",
     ),
     (
         "authgate_access_checks_total",
-        "counter",
+        Counter,
         "Gateway checks (Envoy ext_authz, /auth/check), by result.",
     ),
-    ("authgate_grpc_request_duration_seconds", "histogram", "gRPC request latency, by method."),
+    ("authgate_grpc_request_duration_seconds", Histogram, "gRPC request latency, by method."),
     (
         "authgate_grpc_requests_total",
-        "counter",
+        Counter,
         "gRPC requests, by method and status code (OK, INVALID_ARGUMENT, UNAVAILABLE, ...; the status of a unary error, which comes in the response headers).",
     ),
     (
         "authgate_http_request_duration_seconds",
-        "histogram",
+        Histogram,
         "HTTP request latency, by route and status.",
     ),
     (
         "authgate_provider_request_duration_seconds",
-        "histogram",
+        Histogram,
         "Calls to the identity provider, by endpoint.",
     ),
     (
         "authgate_provider_errors_total",
-        "counter",
+        Counter,
         "Failed calls to the identity provider, by endpoint.",
     ),
     (
         "authgate_connections_refused_total",
-        "counter",
+        Counter,
         "Connections closed at once because a cap was reached, by listener and cap.",
     ),
     (
         "authgate_connections_closed_total",
-        "counter",
+        Counter,
         "Connections closed by a timeout, by listener and reason (header_read_timeout, idle_timeout).",
     ),
     (
         "authgate_requests_refused_total",
-        "counter",
+        Counter,
         "Requests refused by admission control or a per-client limit, by listener and limit.",
     ),
     (
         "authgate_accept_errors_total",
-        "counter",
+        Counter,
         "Failed accepts (e.g. out of file descriptors), by listener; each one backs off.",
     ),
     (
         "authgate_tls_handshake_failures_total",
-        "counter",
+        Counter,
         "TLS handshakes that did not complete, by listener and reason (at_cap, timeout, refused).",
     ),
     (
         "authgate_tls_reloads_total",
-        "counter",
+        Counter,
         "Changed TLS files, by listener and result (loaded, refused: the previous ones stay).",
     ),
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Default)]
-struct Series {
-    count: AtomicU64,
-    /// Histograms: cumulative counts per bucket, and the sum in microseconds.
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
+/// The recorder's handle; the first call builds the recorder, installs it as the global one,
+/// describes every metric and starts the upkeep thread.
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            // Refused only for an empty list.
+            .unwrap_or_default()
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "another metrics recorder was installed first: authgate's counters and histograms go to it, and /metrics shows only the state read at scrape time"
+            );
+        }
+        for (name, kind, help) in METRICS {
+            match kind {
+                Counter => metrics::describe_counter!(*name, *help),
+                Histogram => metrics::describe_histogram!(*name, *help),
+            }
+        }
+        // The counters without labels are there from the start, at zero.
+        for name in ["authgate_logins_started_total", "authgate_logins_completed_total"] {
+            metrics::counter!(name).increment(0);
+        }
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new().name("authgate-metrics".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples are folded in at scrapes only");
+        }
+        handle
+    })
 }
 
-/// Series by metric name; each metric has few label sets, found by comparison without
-/// allocating (recording happens on every request).
-type SeriesList = Vec<(Labels, Arc<Series>)>;
-
-#[derive(Default)]
-struct Registry {
-    series: RwLock<HashMap<&'static str, SeriesList>>,
+/// Installs the recorder (at start, so the first requests are counted even before anything
+/// else records).
+pub fn install() {
+    handle();
 }
 
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Registry::default)
-}
+/// A recorded series' identity in the per-thread handle caches: the addresses and lengths of
+/// its name and label strings, all `'static` (equal strings at two addresses only make two
+/// entries for the same series).
+type HandleKey = (usize, [(usize, usize, usize); MAX_CACHED_LABELS]);
 
-fn series(name: &'static str, labels: &[(&'static str, &str)]) -> Arc<Series> {
-    let same = |known: &Labels| {
-        known.len() == labels.len()
-            && known.iter().zip(labels).all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
-    };
-    let reg = registry();
-    if let Some(list) = reg.series.read().unwrap_or_else(|e| e.into_inner()).get(name)
-        && let Some((_, s)) = list.iter().find(|(l, _)| same(l))
-    {
-        return Arc::clone(s);
+/// Label sets up to this long have their handles cached.
+const MAX_CACHED_LABELS: usize = 3;
+
+fn handle_key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Option<HandleKey> {
+    if labels.len() > MAX_CACHED_LABELS {
+        return None;
     }
-    let mut all = reg.series.write().unwrap_or_else(|e| e.into_inner());
-    let list = all.entry(name).or_default();
-    if let Some((_, s)) = list.iter().find(|(l, _)| same(l)) {
-        return Arc::clone(s);
+    let mut parts = [(0, 0, 0); MAX_CACHED_LABELS];
+    for (part, (k, v)) in parts.iter_mut().zip(labels) {
+        *part = (k.as_ptr() as usize, v.as_ptr() as usize, v.len());
     }
-    let s = Arc::new(Series::default());
-    list.push((labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect(), Arc::clone(&s)));
-    s
+    Some((name.as_ptr() as usize, parts))
+}
+
+thread_local! {
+    /// Handles already registered, per thread: recording then costs a hash of a few words and
+    /// an atomic add, not building, hashing and looking up the key in the shared registry.
+    /// Bounded: every name and label value is a `'static` string of the program.
+    static COUNTERS: RefCell<HashMap<HandleKey, metrics::Counter>> = RefCell::default();
+    static HISTOGRAMS: RefCell<HashMap<HandleKey, metrics::Histogram>> = RefCell::default();
 }
 
 /// Adds one to a counter.
-pub fn inc(name: &'static str, labels: &[(&'static str, &str)]) {
-    series(name, labels).count.fetch_add(1, Ordering::Relaxed);
+pub fn inc(name: &'static str, labels: &[(&'static str, &'static str)]) {
+    handle();
+    let register = || metrics::counter!(name, labels);
+    match handle_key(name, labels) {
+        Some(key) => COUNTERS.with_borrow_mut(|cache| {
+            cache.entry(key).or_insert_with(register).increment(1);
+        }),
+        None => register().increment(1),
+    }
 }
 
 /// Records one observation (seconds) in a histogram.
-pub fn observe(name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
-    let s = series(name, labels);
-    s.count.fetch_add(1, Ordering::Relaxed);
-    s.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    for (i, bound) in BUCKETS.iter().enumerate() {
-        if seconds <= *bound {
-            s.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+pub fn observe(name: &'static str, labels: &[(&'static str, &'static str)], seconds: f64) {
+    handle();
+    let register = || metrics::histogram!(name, labels);
+    match handle_key(name, labels) {
+        Some(key) => HISTOGRAMS.with_borrow_mut(|cache| {
+            cache.entry(key).or_insert_with(register).record(seconds);
+        }),
+        None => register().record(seconds),
     }
 }
 
 /// Times a future into a histogram.
 pub async fn timed<T>(
     name: &'static str,
-    labels: &[(&'static str, &str)],
+    labels: &[(&'static str, &'static str)],
     fut: impl std::future::Future<Output = T>,
 ) -> T {
     let started = Instant::now();
     let out = fut.await;
     observe(name, labels, started.elapsed().as_secs_f64());
     out
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn label_text(labels: &[(&'static str, String)], extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> =
-        labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
-    }
-    if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
 }
 
 /// A gauge value read at scrape time.
@@ -189,56 +225,29 @@ pub struct Gauge {
     pub value: f64,
 }
 
-/// The exposition text: every recorded series plus the given gauges.
+/// The exposition text: every recorded counter and histogram, the given gauges and the process
+/// metrics.
 pub fn render(gauges: &[Gauge]) -> String {
-    let mut out = String::new();
-    let all = registry().series.read().unwrap_or_else(|e| e.into_inner());
-    for (name, kind, help) in METRICS {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let mut mine: Vec<_> = all.get(name).map(|l| l.iter().collect()).unwrap_or_default();
-        mine.sort_by(|a, b| a.0.cmp(&b.0));
-        for (labels, s) in mine {
-            if *kind == "histogram" {
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {}",
-                        label_text(labels, Some(("le", bound.to_string()))),
-                        s.buckets[i].load(Ordering::Relaxed)
-                    );
-                }
-                let count = s.count.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {count}",
-                    label_text(labels, Some(("le", "+Inf".into())))
-                );
-                let _ = writeln!(
-                    out,
-                    "{name}_sum{} {}",
-                    label_text(labels, None),
-                    s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-                );
-                let _ = writeln!(out, "{name}_count{} {count}", label_text(labels, None));
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{name}{} {}",
-                    label_text(labels, None),
-                    s.count.load(Ordering::Relaxed)
-                );
-            }
+    let mut out = handle().render();
+    let process = process_metrics();
+    let scrape = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&scrape, || {
+        for g in gauges.iter().chain(&process.gauges) {
+            metrics::describe_gauge!(g.name, g.help);
+            let labels: Vec<Label> =
+                g.labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
+            metrics::gauge!(g.name, labels).set(g.value);
         }
-    }
-    let mut seen = Vec::new();
-    for g in gauges {
-        if !seen.contains(&g.name) {
-            let _ = writeln!(out, "# HELP {} {}", g.name, g.help);
-            let _ = writeln!(out, "# TYPE {} gauge", g.name);
-            seen.push(g.name);
-        }
-        let _ = writeln!(out, "{}{} {}", g.name, label_text(&g.labels, None), g.value);
+    });
+    out.push_str(&scrape.handle().render());
+    // The exporter's counters are integers; the process's CPU time is a float counter, as in
+    // every Prometheus client library, so its family is written here.
+    if let Some(cpu) = process.cpu_seconds {
+        out.push_str(&format!(
+            "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\n\
+             process_cpu_seconds_total {cpu}\n"
+        ));
     }
     out
 }
@@ -268,12 +277,19 @@ pub fn grpc_code_name(code: i32) -> &'static str {
 }
 
 /// The standard process metrics of the Prometheus client libraries (`process_*`), read from
-/// `/proc/self` at scrape time: CPU seconds, resident and virtual memory, open and maximum file
-/// descriptors, threads, start time. Nothing is written where `/proc` is not readable.
-pub fn render_process(out: &mut String) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+/// `/proc/self`.
+struct Process {
+    cpu_seconds: Option<f64>,
+    gauges: Vec<Gauge>,
+}
+
+/// Reads the process metrics: CPU seconds, resident and virtual memory, open and maximum file
+/// descriptors, threads, start time. None where `/proc` is not readable.
+fn process_metrics() -> Process {
+    let none = Process { cpu_seconds: None, gauges: Vec::new() };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return none };
     // Fields after the command name (which may hold spaces), from field 3 (state) on.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return none };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf only reads a system constant.
@@ -293,34 +309,25 @@ pub fn render_process(out: &mut String) {
     } else {
         0.0
     };
-    let metrics: [(&str, &str, &str, f64); 7] = [
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time spent, in seconds.",
-            (field(14) + field(15)) / ticks,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            field(24) * page,
-        ),
-        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", field(23)),
-        ("process_open_fds", "gauge", "Open file descriptors.", open_fds),
-        ("process_max_fds", "gauge", "The open-file limit (soft).", max_fds),
-        ("process_threads", "gauge", "Operating system threads.", field(20)),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since the Unix epoch, in seconds.",
-            boot + field(22) / ticks,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
+    let gauge = |name, help, value| Gauge { name, help, labels: Vec::new(), value };
+    Process {
+        cpu_seconds: Some((field(14) + field(15)) / ticks),
+        gauges: vec![
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                field(24) * page,
+            ),
+            gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", field(23)),
+            gauge("process_open_fds", "Open file descriptors.", open_fds),
+            gauge("process_max_fds", "The open-file limit (soft).", max_fds),
+            gauge("process_threads", "Operating system threads.", field(20)),
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                boot + field(22) / ticks,
+            ),
+        ],
     }
 }
 
@@ -329,14 +336,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_and_histograms_render_in_the_text_format() {
+    fn counters_histograms_and_gauges_render_in_the_text_format() {
         inc("authgate_logins_failed_total", &[("reason", "unit_test")]);
         inc("authgate_logins_failed_total", &[("reason", "unit_test")]);
         observe("authgate_grpc_request_duration_seconds", &[("method", "/unit.Test/Call")], 0.003);
-        let text =
-            render(&[Gauge { name: "authgate_up", help: "Always 1.", labels: vec![], value: 1.0 }]);
-        assert!(text.contains("# TYPE authgate_logins_failed_total counter"));
+        let text = render(&[Gauge {
+            name: "authgate_up",
+            help: "Always 1.",
+            labels: vec![("listener", "a \"quoted\" name".into())],
+            value: 1.0,
+        }]);
+        assert!(text.contains("# TYPE authgate_logins_failed_total counter"), "{text}");
+        assert!(text.contains("# HELP authgate_logins_failed_total Logins that failed"), "{text}");
         assert!(text.contains("authgate_logins_failed_total{reason=\"unit_test\"} 2"), "{text}");
+        assert!(text.contains("# TYPE authgate_grpc_request_duration_seconds histogram"));
         assert!(text.contains(
             "authgate_grpc_request_duration_seconds_bucket{method=\"/unit.Test/Call\",le=\"0.001\"} 0"
         ));
@@ -346,6 +359,9 @@ mod tests {
         assert!(text.contains(
             "authgate_grpc_request_duration_seconds_count{method=\"/unit.Test/Call\"} 1"
         ));
-        assert!(text.contains("authgate_up 1"));
+        assert!(text.contains("# TYPE authgate_up gauge"), "{text}");
+        assert!(text.contains("authgate_up{listener=\"a \\\"quoted\\\" name\"} 1"), "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge"), "{text}");
     }
 }

@@ -64,6 +64,7 @@ impl Application {
         config: Config,
         provider: Arc<dyn IdentityProvider>,
     ) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let store = Store::connect(&config.database, config.database_max_connections)
             .context("cannot open the database")?;
         migrate_with_retry(&store).await?;

@@ -425,9 +425,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         vec![("version", env!("CARGO_PKG_VERSION").into())],
         1.0,
     ));
-    let mut text = render(&gauges);
-    crate::metrics::render_process(&mut text);
-    let mut response = text.into_response();
+    let mut response = render(&gauges).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -345,6 +345,7 @@ async fn metrics_are_exposed_in_the_prometheus_text_format() {
     validate(&app, &done.access_token).await;
     validate(&app, "garbage").await;
     let _ = app.grpc.clone().get_login_url(GetLoginUrlRequest::default()).await.unwrap();
+    reqwest::get(format!("{}/healthz", app.base_url())).await.unwrap().error_for_status().unwrap();
     let response = reqwest::get(format!("{}/metrics", app.base_url())).await.unwrap();
     assert!(
         response.headers()["content-type"]
@@ -457,7 +458,19 @@ print(json.dumps(out))
     );
     assert!(families["authgate_db_pool_connections"]["samples"].as_array().unwrap().len() == 2);
     assert_eq!(sample("authgate_ready", "authgate_ready", &[]), 1.0);
-    assert!(families["authgate_http_request_duration_seconds"].is_object());
+    assert_eq!(families["authgate_http_request_duration_seconds"]["type"], "histogram");
+    assert!(
+        sample(
+            "authgate_http_request_duration_seconds",
+            "authgate_http_request_duration_seconds_count",
+            &[("route", "/healthz"), ("status", "2xx")]
+        ) >= 1.0
+    );
+    // Every family has its help text.
+    for name in ["authgate_logins_started_total", "authgate_grpc_requests_total", "authgate_ready"]
+    {
+        assert!(text.contains(&format!("# HELP {name} ")), "no help for {name}: {text}");
+    }
 }
 
 #[tokio::test]
