@@ -263,6 +263,8 @@ async fn start_server_with(database_url: &str, issuer: &str, internal: bool) -> 
         .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
         .env("AUTHGATE_ENCRYPTION_KEY", encryption_key())
         .env("AUTHGATE_DATABASE_MAX_CONNECTIONS", POOL_SIZE.to_string())
+        // RefreshSession measured with its provider call every time (the worst case).
+        .env("AUTHGATE_PROVIDER_REFRESH_MIN_INTERVAL", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -403,6 +403,7 @@ impl Authenticator {
             revoked_at: None,
             cookie_hash: cookie.as_ref().map(|c| sha256(c.expose().as_bytes()).to_vec()),
             last_used_at: None,
+            provider_checked_at: None,
         };
         // Minted before the session is stored: a profile too large for a token writes nothing.
         let (token, claims) =

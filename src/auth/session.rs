@@ -9,7 +9,7 @@ use url::Url;
 
 use super::{Authenticator, HANDLE_BYTES, mint_error, session_context};
 use crate::{
-    crypto::{random_handle, sha256},
+    crypto::{Cipher, random_handle, sha256},
     domain::{Profile, parse_handle},
     error::AuthError,
     provider::ProviderError,
@@ -22,6 +22,18 @@ use crate::{
 /// Longest token ValidateToken accepts.
 const MAX_TOKEN_LEN: usize = 8192;
 const MAX_STATE_LEN: usize = 512;
+
+/// The context the refresh grace seals a successor handle under.
+const GRACE_CONTEXT: &str = "refresh-grace";
+
+/// The cipher that seals a handle's successor for its grace: its key derives from the used
+/// handle, which is stored only hashed, so the sealed successor opens only for whoever presents
+/// that handle again.
+fn grace_cipher(handle: &str) -> Cipher {
+    let mut input = b"authgate refresh grace\0".to_vec();
+    input.extend_from_slice(handle.as_bytes());
+    Cipher::new(&Secret::new(sha256(&input)))
+}
 
 /// A refreshed session.
 pub struct Refreshed {
@@ -99,8 +111,16 @@ impl Authenticator {
     /// provider's `invalid_grant` (or access now denied) ends the session; any other failure
     /// leaves the session and the handle as they were, with the provider's rotated tokens kept.
     /// The handle rotation is atomic: the new handle exists exactly when the old one is used.
+    ///
+    /// `from_cookie`: the handle came in the refresh cookie (cookie mode). Only then does a used
+    /// handle presented again within `refresh_grace` get the successor already issued for it
+    /// (two tabs, a retried request) instead of revoking the session.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh_session(&self, handle: &Secret<String>) -> Result<Refreshed, AuthError> {
+    pub async fn refresh_session(
+        &self,
+        handle: &Secret<String>,
+        from_cookie: bool,
+    ) -> Result<Refreshed, AuthError> {
         let handle =
             parse_handle("refresh_token", handle.expose()).map_err(AuthError::InvalidArgument)?;
         let hash = sha256(handle.as_bytes());
@@ -111,7 +131,9 @@ impl Authenticator {
                     "unknown refresh_token; sign in again".into(),
                 ));
             }
-            RefreshUse::Reused(id) => return Err(self.reuse_detected(&id).await),
+            RefreshUse::Reused(id) => {
+                return self.used_again(&id, &handle, &hash, from_cookie).await;
+            }
         };
         let mut session =
             self.store.get_session(&session_id).await?.ok_or(AuthError::SessionEnded)?;
@@ -121,8 +143,12 @@ impl Authenticator {
         let stored: Profile = serde_json::from_str(&session.profile)
             .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
 
+        // At the provider at most once per provider_refresh_min_interval (since sign-in or the
+        // last refresh there): reloads and tabs refresh from the stored profile in between.
+        let checked = session.provider_checked_at.unwrap_or(session.created_at);
+        let due = now() - checked >= self.config.provider_refresh_min_interval.as_secs() as i64;
         let at_provider = match (self.config.refresh_at_provider, &session.provider_refresh_token) {
-            (true, Some(sealed)) => Some(self.decrypt(&session, "refresh", sealed)?),
+            (true, Some(sealed)) if due => Some(self.decrypt(&session, "refresh", sealed)?),
             _ => None,
         };
         let (profile, lease) = match at_provider {
@@ -165,9 +191,14 @@ impl Authenticator {
         };
         let next = Secret::new(random_handle(HANDLE_BYTES));
         let next_hash = sha256(next.expose().as_bytes());
+        let grace = self.grace_enabled(from_cookie).then(|| {
+            let sealed = grace_cipher(&handle).encrypt(next.expose().as_bytes(), GRACE_CONTEXT);
+            (sealed, now() + self.config.refresh_grace.as_secs_f64().ceil() as i64)
+        });
+        let grace = grace.as_ref().map(|(sealed, until)| (sealed.as_slice(), *until));
         let rotation = match self
             .store
-            .rotate_refresh_handle(&hash, &next_hash, &session, lease.as_deref(), now())
+            .rotate_refresh_handle(&hash, &next_hash, &session, lease.as_deref(), grace, now())
             .await
         {
             Ok(rotation) => rotation,
@@ -180,9 +211,54 @@ impl Authenticator {
                 refresh_token: next,
                 profile,
             }),
-            Rotation::HandleUsed => Err(self.reuse_detected(&session.id).await),
+            Rotation::HandleUsed => self.used_again(&session.id, &handle, &hash, from_cookie).await,
             Rotation::SessionChanged => Err(AuthError::SessionEnded),
         }
+    }
+
+    fn grace_enabled(&self, from_cookie: bool) -> bool {
+        from_cookie && !self.config.refresh_grace.is_zero()
+    }
+
+    /// A used refresh handle came back. From the refresh cookie and within its grace: the
+    /// successor already issued for it, with a fresh access token. Otherwise a replay: the
+    /// session is revoked (RFC 9700 section 4.14.2).
+    async fn used_again(
+        &self,
+        session_id: &str,
+        handle: &str,
+        hash: &[u8],
+        from_cookie: bool,
+    ) -> Result<Refreshed, AuthError> {
+        if self.grace_enabled(from_cookie)
+            && let Some(sealed) = self.store.refresh_successor(hash, now()).await?
+            && let Ok(next) = grace_cipher(handle).decrypt(&sealed, GRACE_CONTEXT)
+            && let Ok(next) = String::from_utf8(next)
+        {
+            return self.successor(session_id, Secret::new(next)).await;
+        }
+        Err(self.reuse_detected(session_id).await)
+    }
+
+    /// The answer of a refresh within the grace: the successor handle already issued and a
+    /// fresh access token for the session as stored (no provider call: the refresh that issued
+    /// the successor just made it).
+    async fn successor(
+        &self,
+        session_id: &str,
+        next: Secret<String>,
+    ) -> Result<Refreshed, AuthError> {
+        let session = self.store.get_session(session_id).await?.ok_or(AuthError::SessionEnded)?;
+        if !session.is_live(now(), self.idle_timeout_secs()) {
+            return Err(AuthError::SessionEnded);
+        }
+        let profile: Profile = serde_json::from_str(&session.profile)
+            .map_err(|e| AuthError::Internal(format!("stored profile does not parse: {e}")))?;
+        self.revoke_unless_allowed(&session.id, &profile).await?;
+        let (token, claims) =
+            self.tokens.mint(&session.id, &profile, session.expires_at).map_err(mint_error)?;
+        info!(sid = %session.id, "a used refresh cookie came back within its grace: the successor already issued is returned");
+        Ok(Refreshed { access_token: Secret::new(token), claims, refresh_token: next, profile })
     }
 
     /// Applies the access rules to a session's current profile: a user they no longer allow
@@ -242,6 +318,7 @@ impl Authenticator {
             session.provider_id_token = Some(seal("id", id));
         }
         session.provider_token_expires_at = tokens.expires_at;
+        session.provider_checked_at = Some(now());
         match refreshed.profile {
             Ok(Some(mut fresh)) => {
                 fresh.sub = stored.sub.clone();

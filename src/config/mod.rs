@@ -64,6 +64,14 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Whether RefreshSession also refreshes at the provider (when it issued a refresh token).
     pub refresh_at_provider: bool,
+    /// Allow cookie mode: a browser's ExchangeCode over grpc-web may ask for its refresh handle
+    /// in an HttpOnly cookie instead of the response body (`refresh_cookie`).
+    pub refresh_cookie: bool,
+    /// How long a used refresh handle, presented again in the refresh cookie, still gets the
+    /// successor already issued for it instead of ending the session (`refresh_grace`; 0: never).
+    pub refresh_grace: Duration,
+    /// RefreshSession refreshes at the provider at most this often per session (0: every time).
+    pub provider_refresh_min_interval: Duration,
     /// How often every replica re-reads recent revocations (the bound on how stale
     /// ValidateToken can be after a logout on another replica).
     pub revocation_sync_interval: Duration,
@@ -304,6 +312,9 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("allowed_email_domains", Kind::List),
     ("identity_header_prefix", Kind::Scalar),
     ("refresh_at_provider", Kind::Scalar),
+    ("refresh_cookie", Kind::Scalar),
+    ("refresh_grace", Kind::Scalar),
+    ("provider_refresh_min_interval", Kind::Scalar),
     ("development_mode", Kind::Scalar),
     ("csrf_all_methods", Kind::Scalar),
     ("revocation_sync_interval", Kind::Scalar),
@@ -392,6 +403,8 @@ pub fn env_name(setting: &str) -> String {
 pub const LOGIN_COOKIE: &str = "authgate_login";
 /// The browser session cookie of the server-side flow.
 pub const SESSION_COOKIE: &str = "authgate_session";
+/// The refresh cookie of cookie mode (`__Host-authgate_refresh` over https).
+pub const REFRESH_COOKIE: &str = "authgate_refresh";
 
 impl Config {
     /// Cookies get `Secure` and the `__Host-` prefix when authgate is served over https.
@@ -403,6 +416,16 @@ impl Config {
     /// sibling subdomain can set or overwrite it).
     pub fn cookie_name(&self, base: &str) -> String {
         if self.secure_cookies() { format!("__Host-{base}") } else { base.to_string() }
+    }
+
+    /// `Set-Cookie` for the refresh cookie of cookie mode; `None` deletes it. HttpOnly (no
+    /// script reads it), SameSite=Strict (only pages of authgate's own site send it), Secure
+    /// and `__Host-` over https.
+    pub fn refresh_cookie(&self, handle: Option<&str>, max_age_secs: i64) -> String {
+        let name = self.cookie_name(REFRESH_COOKIE);
+        let secure = if self.secure_cookies() { "; Secure" } else { "" };
+        let (value, max_age) = handle.map_or(("", 0), |h| (h, max_age_secs.max(0)));
+        format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")
     }
 
     /// Loads the configuration from an optional TOML file and the process environment.

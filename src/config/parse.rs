@@ -346,6 +346,19 @@ impl Parser {
         let otlp_endpoint = self.url(raw, "otlp_endpoint").map(|u| u.to_string());
         let refresh_at_provider = self.boolean(raw, "refresh_at_provider", true);
         let csrf_all_methods = self.boolean(raw, "csrf_all_methods", false);
+        let refresh_cookie = self.boolean(raw, "refresh_cookie", false);
+        let refresh_grace = self.duration_up_to(
+            raw,
+            "refresh_grace",
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+        let provider_refresh_min_interval = self.duration_up_to(
+            raw,
+            "provider_refresh_min_interval",
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
         let mut post_login_redirect_urls = Vec::new();
         for u in raw.lists.get("post_login_redirect_urls").into_iter().flatten() {
             match RedirectUri::parse(u) {
@@ -545,6 +558,9 @@ impl Parser {
                 health_check_interval,
                 database_max_connections,
                 refresh_at_provider,
+                refresh_cookie,
+                refresh_grace,
+                provider_refresh_min_interval,
                 revocation_sync_interval,
                 otlp_endpoint,
                 transport,

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::{Authenticator, FinishLogin, StartLogin},
+    config::REFRESH_COOKIE,
     domain::Profile,
     pb::{
         ExchangeCodeRequest, ExchangeCodeResponse, GetJwksRequest, GetJwksResponse,
@@ -128,6 +129,14 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
     })
 }
 
+/// Adds a `Set-Cookie` to a response's (or a status's) metadata.
+fn set_cookie(metadata: &mut tonic::metadata::MetadataMap, cookie: &str) -> Result<(), Status> {
+    let value = tonic::metadata::MetadataValue::try_from(cookie)
+        .map_err(|_| Status::internal("a cookie value is not a valid header value"))?;
+    metadata.append("set-cookie", value);
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
     #[tracing::instrument(name = "GetLoginUrl", skip_all)]
@@ -161,6 +170,11 @@ impl AuthService for AuthGrpc {
         request: Request<ExchangeCodeRequest>,
     ) -> Result<Response<ExchangeCodeResponse>, Status> {
         let r = request.into_inner();
+        if r.refresh_cookie && !self.auth.config().refresh_cookie {
+            return Err(Status::failed_precondition(
+                "cookie mode is not enabled on this authgate: set `refresh_cookie = true` in its configuration, or leave `refresh_cookie` unset and keep the returned refresh_token in memory",
+            ));
+        }
         let done = self
             .auth
             .finish_login(FinishLogin {
@@ -173,18 +187,30 @@ impl AuthService for AuthGrpc {
             })
             .await
             .map_err(status_from)?;
-        Ok(Response::new(ExchangeCodeResponse {
+        let cookie = r.refresh_cookie.then(|| {
+            let max_age = done.session_expires_at - crate::tokens::now();
+            self.auth.config().refresh_cookie(Some(done.refresh_token.expose()), max_age)
+        });
+        let mut response = Response::new(ExchangeCodeResponse {
             access_token: done.access_token.expose().clone(),
             token_type: "Bearer".into(),
             expires_in: done.expires_in,
             user: Some(done.profile.into()),
             session_id: done.session_id,
-            refresh_token: done.refresh_token.expose().clone(),
+            refresh_token: if cookie.is_some() {
+                String::new()
+            } else {
+                done.refresh_token.expose().clone()
+            },
             session_expires_at: Some(prost_types::Timestamp {
                 seconds: done.session_expires_at,
                 nanos: 0,
             }),
-        }))
+        });
+        if let Some(cookie) = cookie {
+            set_cookie(response.metadata_mut(), &cookie)?;
+        }
+        Ok(response)
     }
 
     #[tracing::instrument(name = "GetUserInfo", skip_all)]
@@ -234,15 +260,59 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
-        let handle = Secret::new(request.into_inner().refresh_token);
-        let done = self.auth.refresh_session(&handle).await.map_err(status_from)?;
-        Ok(Response::new(RefreshSessionResponse {
+        let config = self.auth.config();
+        let headers = request.metadata().clone().into_headers();
+        let given = request.into_inner().refresh_token;
+        // Cookie mode: no handle in the request, the refresh cookie instead, from a page that
+        // passes the cross-site rule.
+        let from_cookie = given.is_empty() && config.refresh_cookie;
+        let handle = if from_cookie {
+            if !headers.contains_key(crate::auth::csrf::CSRF_HEADER) {
+                return Err(Status::permission_denied(
+                    "a RefreshSession with the refresh cookie must carry the `x-csrf` header (any value), which a cross-site form cannot send",
+                ));
+            }
+            let signals =
+                crate::http::request_signals(&headers, Some("POST"), crate::http::host(&headers));
+            self.auth.check_cross_site(&signals).map_err(status_from)?;
+            crate::http::cookie(&headers, &config.cookie_name(REFRESH_COOKIE))
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "no refresh_token and no refresh cookie: sign in again (cookie mode: ExchangeCode with refresh_cookie set, over grpc-web with credentials: include)",
+                    )
+                })?
+        } else {
+            given
+        };
+        let done = match self.auth.refresh_session(&Secret::new(handle), from_cookie).await {
+            Ok(done) => done,
+            Err(e) => {
+                let mut status = status_from(e);
+                // A cookie that can no longer refresh is cleared.
+                if from_cookie && status.code() == tonic::Code::Unauthenticated {
+                    set_cookie(status.metadata_mut(), &config.refresh_cookie(None, 0))?;
+                }
+                return Err(status);
+            }
+        };
+        let mut response = Response::new(RefreshSessionResponse {
             access_token: done.access_token.expose().clone(),
             token_type: "Bearer".into(),
             expires_in: done.claims.exp - done.claims.iat,
-            refresh_token: done.refresh_token.expose().clone(),
+            refresh_token: if from_cookie {
+                String::new()
+            } else {
+                done.refresh_token.expose().clone()
+            },
             user: Some(done.profile.into()),
-        }))
+        });
+        if from_cookie {
+            let max_age = config.session_max_age.as_secs() as i64;
+            let cookie = config.refresh_cookie(Some(done.refresh_token.expose()), max_age);
+            set_cookie(response.metadata_mut(), &cookie)?;
+        }
+        Ok(response)
     }
 
     #[tracing::instrument(name = "Logout", skip_all)]
@@ -257,8 +327,12 @@ impl AuthService for AuthGrpc {
             .logout(&token, non_empty(r.post_logout_redirect_uri), non_empty(r.state))
             .await
             .map_err(status_from)?;
-        Ok(Response::new(LogoutResponse {
+        let mut response = Response::new(LogoutResponse {
             end_session_url: url.map(String::from).unwrap_or_default(),
-        }))
+        });
+        if self.auth.config().refresh_cookie {
+            set_cookie(response.metadata_mut(), &self.auth.config().refresh_cookie(None, 0))?;
+        }
+        Ok(response)
     }
 }

@@ -29,6 +29,7 @@ impl fmt::Debug for ExchangeCodeRequest {
             .field("binding", &REDACTED)
             .field("redirect_uri", &self.redirect_uri)
             .field("iss", &self.iss)
+            .field("refresh_cookie", &self.refresh_cookie)
             .finish()
     }
 }
@@ -90,6 +91,7 @@ mod tests {
             binding: "the-binding".into(),
             redirect_uri: "http://localhost/cb".into(),
             iss: String::new(),
+            refresh_cookie: false,
         };
         let text = format!("{req:?}");
         assert!(

@@ -106,6 +106,9 @@ pub struct SessionRecord {
     /// began); the idle timeout counts from here.
     #[sqlx(default)]
     pub last_used_at: Option<i64>,
+    /// When the session was last refreshed at the provider (`None`: not since sign-in).
+    #[sqlx(default)]
+    pub provider_checked_at: Option<i64>,
 }
 
 impl SessionRecord {
@@ -424,8 +427,9 @@ impl Store {
 
     /// Completes a refresh in one transaction: the old handle marked used (if it still is
     /// unused), the new one stored, the session's profile and provider tokens updated, its
-    /// last use set and its lease (when `lease` is given, only if still held) released. Either
-    /// all of it happens or none.
+    /// last use set and its lease (when `lease` is given, only if still held) released, and,
+    /// with `grace`, the successor kept sealed on the used handle until then. Either all of it
+    /// happens or none.
     #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "rotate_refresh_handle", db.system = self.db_system(), otel.kind = "client"))]
     pub async fn rotate_refresh_handle(
         &self,
@@ -433,9 +437,21 @@ impl Store {
         new_hash: &[u8],
         session: &SessionRecord,
         lease: Option<&str>,
+        grace: Option<(&[u8], i64)>,
         now: i64,
     ) -> Result<Rotation, StoreError> {
-        on_backend!(self, s => s.rotate_refresh_handle(old_hash, new_hash, session, lease, now).await)
+        on_backend!(self, s => s.rotate_refresh_handle(old_hash, new_hash, session, lease, grace, now).await)
+    }
+
+    /// The successor of a used refresh handle, sealed, while its grace lasts (see
+    /// `refresh_grace`); `None` once it has passed or when none was kept.
+    #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "refresh_successor", db.system = self.db_system(), otel.kind = "client"))]
+    pub async fn refresh_successor(
+        &self,
+        handle_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        on_backend!(self, s => s.refresh_successor(handle_hash, now).await)
     }
 
     /// Records that the session was used now (the idle timeout counts from here).

@@ -13,7 +13,7 @@ const SESSION_COLUMNS: &str = "id, subject, profile, provider_access_token, prov
 /// The columns a [`SessionRecord`] is read from.
 const SESSION_SELECT: &str = "id, subject, profile, provider_access_token, provider_refresh_token, \
      provider_id_token, provider_sid, provider_token_expires_at, created_at, expires_at, revoked_at, \
-     cookie_hash, last_used_at";
+     cookie_hash, last_used_at, provider_checked_at";
 
 macro_rules! sql_store {
     ($name:ident, $db:ty, $migrations:literal) => {
@@ -113,6 +113,22 @@ macro_rules! sql_store {
                 })
             }
 
+            pub async fn refresh_successor(
+                &self,
+                handle_hash: &[u8],
+                now: i64,
+            ) -> Result<Option<Vec<u8>>, StoreError> {
+                let row: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+                    "SELECT successor_sealed FROM refresh_handles \
+                     WHERE handle_hash = $1 AND used_at IS NOT NULL AND grace_until >= $2",
+                )
+                .bind(handle_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.and_then(|(sealed,)| sealed))
+            }
+
             pub async fn acquire_refresh_lease(
                 &self,
                 session_id: &str,
@@ -162,15 +178,18 @@ macro_rules! sql_store {
                 new_hash: &[u8],
                 s: &SessionRecord,
                 lease: Option<&str>,
+                grace: Option<(&[u8], i64)>,
                 now: i64,
             ) -> Result<Rotation, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let used = sqlx::query(
-                    "UPDATE refresh_handles SET used_at = $2 \
+                    "UPDATE refresh_handles SET used_at = $2, successor_sealed = $3, grace_until = $4 \
                      WHERE handle_hash = $1 AND used_at IS NULL",
                 )
                 .bind(old_hash)
                 .bind(now)
+                .bind(grace.map(|(sealed, _)| sealed))
+                .bind(grace.map(|(_, until)| until))
                 .execute(&mut *tx)
                 .await?;
                 if used.rows_affected() != 1 {
@@ -188,7 +207,7 @@ macro_rules! sql_store {
                 let updated = sqlx::query(
                     "UPDATE sessions SET profile = $3, provider_access_token = $4, \
                      provider_refresh_token = $5, provider_id_token = $6, \
-                     provider_token_expires_at = $7, last_used_at = $8, \
+                     provider_token_expires_at = $7, last_used_at = $8, provider_checked_at = $9, \
                      refresh_lease = NULL, refresh_lease_until = NULL \
                      WHERE id = $1 AND revoked_at IS NULL \
                      AND ($2 IS NULL OR refresh_lease = $2)",
@@ -201,6 +220,7 @@ macro_rules! sql_store {
                 .bind(&s.provider_id_token)
                 .bind(s.provider_token_expires_at)
                 .bind(now)
+                .bind(s.provider_checked_at)
                 .execute(&mut *tx)
                 .await?;
                 if updated.rows_affected() != 1 {

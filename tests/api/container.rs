@@ -117,6 +117,7 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
             binding: started.binding,
             redirect_uri: String::new(),
             iss: cb.iss.unwrap_or_default(),
+            refresh_cookie: false,
         })
         .await
         .unwrap()

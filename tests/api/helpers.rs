@@ -522,6 +522,9 @@ pub fn app_env(
     set("AUTHGATE_ENCRYPTION_KEY", encryption_key());
     set("AUTHGATE_HEALTH_CHECK_INTERVAL", "1");
     set("AUTHGATE_PROVIDER_TIMEOUT", "3");
+    // Every refresh goes to the provider, as the refresh tests expect (the interval between
+    // provider checks has a test of its own).
+    set("AUTHGATE_PROVIDER_REFRESH_MIN_INTERVAL", "0");
     if let Some(url) = database_url {
         set("DATABASE_URL", url);
     }
@@ -831,4 +834,71 @@ pub async fn validate(app: &TestApp, token: &str) -> authgate::pb::ValidateToken
         .await
         .unwrap()
         .into_inner()
+}
+
+/// What a grpc-web (binary) unary call answered.
+#[derive(Clone)]
+pub struct GrpcWebAnswer {
+    pub headers: reqwest::header::HeaderMap,
+    /// `grpc-status` (from the headers of a trailers-only answer, or the trailer frame).
+    pub status: String,
+    /// The data frame's message, when there was one.
+    pub message: Option<Vec<u8>>,
+    /// The whole body as text (the trailer frame is text).
+    pub text: String,
+}
+
+impl GrpcWebAnswer {
+    /// The `Set-Cookie` values of the answer.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    /// The data frame decoded as `M`; panics (with the answer) when the call failed.
+    pub fn decode<M: prost::Message + Default>(&self) -> M {
+        assert_eq!(self.status, "0", "the call failed: {}", self.text);
+        M::decode(self.message.as_deref().expect("a data frame")).unwrap()
+    }
+}
+
+/// A grpc-web (binary) unary call over HTTP/1.1, as a browser makes it.
+pub async fn grpc_web_call(
+    base: &str,
+    method: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> GrpcWebAnswer {
+    let message = message.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut request = http_client()
+        .post(format!("{base}/{method}"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body).send().await.unwrap();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap().to_vec();
+    let mut message = None;
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let frame = &rest[5..(5 + len).min(rest.len())];
+        if rest[0] & 0x80 == 0 {
+            message = Some(frame.to_vec());
+        }
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let status =
+        headers.get("grpc-status").map(|v| v.to_str().unwrap().to_string()).unwrap_or_else(|| {
+            text.split("grpc-status:")
+                .nth(1)
+                .map(|rest| rest.trim_start().chars().take_while(char::is_ascii_digit).collect())
+                .unwrap_or_default()
+        });
+    GrpcWebAnswer { headers, status, message, text }
 }

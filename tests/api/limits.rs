@@ -400,35 +400,15 @@ async fn start_login(app: &TestApp) -> (ExchangeCodeRequest, String) {
     (exchange(&started), nonce)
 }
 
-/// A grpc-web (binary) unary call over HTTP/1.1: the `grpc-status` it got (from the headers of
-/// a trailers-only answer, or from the trailer frame) and the body as text.
+/// A grpc-web (binary) unary call over HTTP/1.1: the `grpc-status` it got and the body as text.
 async fn grpc_web_status(
     app: &TestApp,
     method: &str,
     message: &impl Message,
     headers: &[(&str, &str)],
 ) -> (String, String) {
-    let message = message.encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let mut request = crate::helpers::http_client()
-        .post(format!("{}/{method}", app.base_url()))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.body(body).send().await.unwrap();
-    let in_headers = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
-    let text = String::from_utf8_lossy(&response.bytes().await.unwrap()).to_string();
-    let status = in_headers.unwrap_or_else(|| {
-        text.split("grpc-status:")
-            .nth(1)
-            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
-            .unwrap_or_default()
-    });
-    (status, text)
+    let answer = crate::helpers::grpc_web_call(&app.base_url(), method, message, headers).await;
+    (answer.status, answer.text)
 }
 
 #[tokio::test]

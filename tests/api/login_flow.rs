@@ -26,6 +26,7 @@ pub async fn login_until_callback(app: &TestApp, user: (&str, &str)) -> Exchange
         binding: started.binding,
         redirect_uri: REDIRECT_URI.into(),
         iss: callback.iss.unwrap_or_default(),
+        refresh_cookie: false,
     }
 }
 
@@ -71,6 +72,7 @@ async fn a_user_signs_in_end_to_end_and_reads_their_profile() {
             binding: started.binding.clone(),
             redirect_uri: String::new(),
             iss,
+            refresh_cookie: false,
         })
         .await
         .unwrap()
@@ -277,6 +279,7 @@ async fn secrets_codes_and_tokens_never_reach_the_log() {
         binding: started.binding.clone(),
         redirect_uri: String::new(),
         iss: cb.iss.unwrap_or_default(),
+        refresh_cookie: false,
     };
     let done = app.grpc.clone().exchange_code(request.clone()).await.unwrap().into_inner();
     // A failing replay logs its error too.

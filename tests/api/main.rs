@@ -10,6 +10,7 @@ mod helpers;
 
 mod admission;
 mod container;
+mod cookie_mode;
 mod fleet;
 mod gateway;
 mod http_routes;

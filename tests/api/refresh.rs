@@ -245,3 +245,33 @@ async fn sessions_end_after_their_idle_timeout_and_their_maximum_age() {
     let err = refresh(&capped, &r1.refresh_token).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "older than the maximum age: {err:?}");
 }
+
+#[tokio::test]
+async fn the_provider_is_asked_at_most_once_per_provider_refresh_min_interval() {
+    let fake = FakeProvider::start().await;
+    let app = fake_app_with(
+        &fake,
+        &[("AUTHGATE_PROVIDER_REFRESH_MIN_INTERVAL", "2s"), ("AUTHGATE_ALLOWED_GROUPS", "fakers")],
+    )
+    .await;
+    let done = sign_in(&app, &fake).await;
+    // Reloads and tabs right after sign-in refresh from the stored profile.
+    let mut handle = done.refresh_token;
+    for _ in 0..3 {
+        let refreshed = refresh(&app, &handle).await.expect("refreshed");
+        assert!(validate(&app, &refreshed.access_token).await.valid);
+        handle = refreshed.refresh_token;
+    }
+    assert_eq!(fake.token_requests("refresh_token").len(), 0, "no provider call within 2 s");
+    // Once the interval has passed, the provider is asked again — and its word counts.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fake.set_userinfo(json!({
+        "sub": "fake-user-1",
+        "email": "mallory@example.com",
+        "email_verified": true,
+        "groups": ["others"],
+    }));
+    let err = refresh(&app, &handle).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(fake.token_requests("refresh_token").len(), 1);
+}

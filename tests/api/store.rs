@@ -40,6 +40,7 @@ fn session(id: &str) -> SessionRecord {
         revoked_at: None,
         cookie_hash: Some(sha256(id.as_bytes()).to_vec()),
         last_used_at: None,
+        provider_checked_at: None,
     }
 }
 
@@ -205,7 +206,7 @@ async fn exercise(store: Store) {
     current.provider_access_token = Some(vec![9, 9]);
     assert_eq!(
         store
-            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-b"), now())
+            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-b"), None, now())
             .await
             .unwrap(),
         Rotation::SessionChanged,
@@ -215,7 +216,7 @@ async fn exercise(store: Store) {
     assert_eq!(store.find_refresh_handle(&sha256(b"h1-next")).await.unwrap(), RefreshUse::NotFound);
     assert_eq!(
         store
-            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-a"), now())
+            .rotate_refresh_handle(&h1, &sha256(b"h1-next"), &current, Some("lease-a"), None, now())
             .await
             .unwrap(),
         Rotation::Rotated
@@ -244,7 +245,7 @@ async fn exercise(store: Store) {
     assert!(store.end_refresh_lease(&rotated, "lease-e").await.unwrap());
     assert_eq!(
         store
-            .rotate_refresh_handle(&h1, &sha256(b"h1-again"), &current, None, now())
+            .rotate_refresh_handle(&h1, &sha256(b"h1-again"), &current, None, None, now())
             .await
             .unwrap(),
         Rotation::HandleUsed
@@ -259,7 +260,9 @@ async fn exercise(store: Store) {
             let (store, current) = (Arc::clone(&store), current.clone());
             tokio::spawn(async move {
                 let next = sha256(format!("racer-{i}").as_bytes());
-                store.rotate_refresh_handle(&sha256(b"h1-next"), &next, &current, None, now()).await
+                store
+                    .rotate_refresh_handle(&sha256(b"h1-next"), &next, &current, None, None, now())
+                    .await
             })
         })
         .collect();

@@ -1,0 +1,10 @@
+-- Refresh grace (cookie mode): a used refresh handle keeps, until grace_until (a few seconds),
+-- its successor sealed with a key that only the used handle itself derives, so that a second
+-- tab or a retried refresh presenting the same refresh cookie gets that successor instead of
+-- ending the session. Handles stay stored hashed; the sealed successor is useless without the
+-- used handle.
+ALTER TABLE refresh_handles ADD COLUMN successor_sealed BYTEA;
+ALTER TABLE refresh_handles ADD COLUMN grace_until BIGINT;
+-- When the session was last checked at the provider (a refresh there); RefreshSession calls the
+-- provider again only after provider_refresh_min_interval, so reloads and tabs do not hammer it.
+ALTER TABLE sessions ADD COLUMN provider_checked_at BIGINT;
