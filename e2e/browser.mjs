@@ -15,6 +15,12 @@
 //           SPA's 127.0.0.1 port) and of a foreign site (the same server reached as
 //           http://evil.test, mapped to 127.0.0.1) post a logout form to authgate: both fail and
 //           the session lives on; authgate's own sign-out button then works.
+//   cookie  COOKIE_SPA_URL, AUTHGATE_URL, BLOCKED_SPA_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL
+//           The SPA in cookie mode (authgate's HttpOnly refresh cookie), the provider on another
+//           site (localhost vs 127.0.0.1): silent renewal answering login_required, sign-in, a
+//           reload that keeps the session, two tabs refreshing at once, a silent renewal that
+//           signs in without a form, sign-out reaching the other tab, and pages of other origins
+//           that cannot use the refresh cookie.
 // Also: OUTPUT_DIR (screenshots; default ./output), CHROMIUM (default /usr/bin/chromium),
 // TIMEOUT_MS (per wait; default 15000).
 //
@@ -44,6 +50,7 @@ const NEEDS = {
   simple: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_POST_LOGIN_URL'],
   cors: ['BLOCKED_SPA_URL'],
   csrf: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_POST_LOGIN_URL', 'BLOCKED_SPA_URL'],
+  cookie: ['COOKIE_SPA_URL', 'AUTHGATE_URL', 'BLOCKED_SPA_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL'],
 };
 const required = (...names) => names.map((name) => env[name]);
 
@@ -292,6 +299,168 @@ async function scenarioCors(context) {
   await screenshot(page, 'cors-error.png');
 }
 
+async function scenarioCookie(context) {
+  const [spaUrl, authgateUrl, blockedUrl, user, password, email] = required(...NEEDS.cookie);
+  const spaOrigin = origin(spaUrl);
+  const refreshCookie = async () => (await context.cookies(authgateUrl)).find((c) => c.name.endsWith('authgate_refresh'));
+  /** Top-level navigations of a page (redirects included), to see whether it went to the provider. */
+  const track = (page) => {
+    const urls = [];
+    page.on('request', (req) => {
+      if (req.isNavigationRequest() && req.frame() === page.mainFrame()) urls.push(req.url());
+    });
+    return urls;
+  };
+  const signedIn = (page) => waitUntil(`#email to show ${email}`,
+    () => spaCheck(page, async () => (await text(page, '#email')) === email), async () => where(page));
+  const signedOut = (page) => waitUntil('the signed-out view',
+    () => spaCheck(page, async () => (await visible(page, '#sign-in')) && !(await visible(page, '#signed-in'))),
+    async () => where(page));
+
+  const page = await context.newPage();
+  const navigations = track(page);
+  step(`open ${spaUrl} (cookie mode) with no session anywhere`);
+  await page.goto(spaUrl);
+  await signedOut(page);
+  const notice = await text(page, '#notice');
+  if (!notice.includes('login_required')) fail(`#notice should report login_required, shows "${notice}"`);
+  const providerOrigin = navigations.map(origin).find((o) => o !== spaOrigin);
+  if (!providerOrigin) fail('the silent renewal never went to the provider');
+  if (new URL(providerOrigin).hostname === new URL(spaUrl).hostname) {
+    fail(`the provider ${providerOrigin} must be on another site than the SPA ${spaOrigin}`);
+  }
+  const silentUrl = navigations.find((url) => origin(url) === providerOrigin);
+  if (new URL(silentUrl).searchParams.get('prompt') !== 'none') fail(`no prompt=none in ${silentUrl}`);
+  step(`silent renewal: a top-level prompt=none redirect to ${providerOrigin} (another site) came back login_required; #notice: ${notice}`);
+  await screenshot(page, 'cookie-login-required.png');
+
+  step('click #sign-in');
+  await page.click('#sign-in');
+  await passProvider(page, [user, password], 'the SPA, signed in',
+    async () => origin(page.url()) === spaOrigin && (await text(page, '#email')) === email);
+  const cookie = await refreshCookie();
+  if (!cookie) fail('no refresh cookie for authgate');
+  if (!cookie.httpOnly || cookie.sameSite !== 'Strict') {
+    fail(`refresh cookie ${cookie.name}: httpOnly=${cookie.httpOnly}, sameSite=${cookie.sameSite}`);
+  }
+  if ((await page.evaluate(() => document.cookie)).includes('authgate_refresh')) fail('document.cookie exposes the refresh cookie');
+  step(`signed in; refresh cookie ${cookie.name}: httpOnly, sameSite=Strict, not in document.cookie`);
+  await assertNoStoredJwt(page, context);
+  await screenshot(page, 'cookie-signed-in.png');
+
+  step('reload: cookie mode keeps the session (one RefreshSession, no provider)');
+  const beforeReload = navigations.length;
+  await page.reload();
+  await signedIn(page);
+  const away = navigations.slice(beforeReload).filter((url) => origin(url) !== spaOrigin);
+  if (away.length) fail(`the reload went to ${away.join(', ')}`);
+  step('signed in after reload, without leaving the SPA');
+  await screenshot(page, 'cookie-after-reload.png');
+
+  step('open a second tab: signed in too');
+  const second = await context.newPage();
+  track(second);
+  await second.goto(spaUrl);
+  await signedIn(second);
+  step('both tabs click #refresh at the same moment');
+  // The refresh cookie each RefreshSession answer sets, per tab.
+  const answers = [];
+  const listen = (tab) => tab.on('response', async (res) => {
+    if (!res.url().endsWith('/RefreshSession')) return;
+    const set = (await res.headerValue('set-cookie').catch(() => null)) ?? '';
+    answers.push(set.split(';')[0]);
+  });
+  listen(page);
+  listen(second);
+  const before = (await refreshCookie()).value;
+  const at = Date.now() + 300;
+  await Promise.all([page, second].map((tab) => tab.evaluate((when) => {
+    setTimeout(() => document.getElementById('refresh').click(), when - Date.now());
+  }, at)));
+  await sleep(800);
+  for (const [name, tab] of [['first', page], ['second', second]]) {
+    // One of the two may have been asked to retry (the other held the session's refresh); the
+    // grace hands it the successor on the retry.
+    if (await text(tab, '#error')) {
+      step(`${name} tab: ${await text(tab, '#error')}; retrying`);
+      await sleep(1100);
+      await tab.click('#refresh');
+    }
+    await signedIn(tab);
+  }
+  const after = (await refreshCookie()).value;
+  if (after === before) fail('the refresh cookie was not rotated');
+  const successors = [...new Set(answers.filter((a) => a.endsWith(after)))];
+  if (answers.filter((a) => a.includes('=') && !a.endsWith('=')).length < 2 || successors.length !== 1) {
+    fail(`the two refreshes should both set the one successor: ${answers.map((a) => a.slice(0, 24)).join(', ')}`);
+  }
+  step(`both tabs still signed in; both answers set the one successor (${answers.length} answers)`);
+  await page.reload();
+  await signedIn(page);
+  step('and a reload afterwards still resumes the session');
+
+  step('pages of other origins try the refresh cookie');
+  const foreign = await context.newPage();
+  for (const other of [blockedUrl, blockedUrl.replace('127.0.0.1', 'evil.test')]) {
+    await foreign.goto(other);
+    const outcome = await foreign.evaluate(async (url) => {
+      const frame = new Uint8Array([0, 0, 0, 0, 0]);
+      const results = [];
+      try {
+        const res = await fetch(url, {
+          method: 'POST', credentials: 'include', body: frame,
+          headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', 'x-csrf': '1' },
+        });
+        results.push(`cors fetch answered ${res.status}`);
+      } catch (err) {
+        results.push(`cors fetch blocked (${err.name})`);
+      }
+      // A "simple" request needs no preflight, but cannot carry x-csrf or the grpc-web type.
+      await fetch(url, { method: 'POST', mode: 'no-cors', credentials: 'include', body: frame }).catch(() => {});
+      return results.join('; ');
+    }, `${authgateUrl}/authgate.v1.AuthService/RefreshSession`);
+    if (!outcome.includes('blocked')) fail(`a page of ${origin(other)} used the refresh cookie: ${outcome}`);
+    step(`${origin(other)}: ${outcome}`);
+  }
+  const untouched = await refreshCookie();
+  await page.click('#refresh');
+  await signedIn(page);
+  if ((await refreshCookie()).value === untouched.value) fail('the refresh after the foreign attempts did not rotate');
+  step('the session is untouched: the next refresh in the SPA works');
+  await foreign.close();
+
+  step('silent renewal: authgate\'s refresh cookie is gone, the provider session lives');
+  await context.clearCookies({ name: cookie.name });
+  const beforeSilent = navigations.length;
+  await page.evaluate(() => sessionStorage.clear());
+  await page.reload();
+  await waitUntil('the SPA signed in again', async () => {
+    if (await visible(page, '#username')) fail('the provider showed its sign-in form during a silent renewal');
+    return origin(page.url()) === spaOrigin && (await text(page, '#email')) === email;
+  }, async () => where(page));
+  const trip = navigations.slice(beforeSilent).map(origin);
+  if (!trip.includes(providerOrigin)) fail('the silent renewal did not go to the provider');
+  step(`signed in again through a top-level prompt=none redirect to ${providerOrigin}, no form`);
+  await screenshot(page, 'cookie-silent-renewal.png');
+
+  step('sign out in the first tab; the second tab must follow');
+  await second.reload();
+  await signedIn(second);
+  const clicked = Date.now();
+  await page.click('#sign-out');
+  await signedOut(second);
+  const took = Date.now() - clicked;
+  const secondNotice = await text(second, '#notice');
+  step(`second tab signed out ${took} ms after the click (#notice: ${secondNotice})`);
+  if (took > 2000) fail(`the second tab took ${took} ms to sign out (stated: within 2 s)`);
+  await screenshot(second, 'cookie-signed-out-elsewhere.png');
+  await signedOut(page);
+  if (await refreshCookie()) fail('the refresh cookie survived the sign-out');
+  await second.reload();
+  await signedOut(second);
+  step('after sign-out the refresh cookie is gone and a reload stays signed out (no silent renewal)');
+}
+
 /** GET /api/userinfo with the session cookie, from `page` on authgate's origin: the status. */
 async function userinfoStatus(page, authgateUrl) {
   await page.goto(new URL('/healthz', authgateUrl).href);
@@ -365,7 +534,9 @@ async function scenarioCsrf(context) {
 
 // ----------------------------------------------------------------------- main --
 
-const scenarios = { spa: scenarioSpa, simple: scenarioSimple, cors: scenarioCors, csrf: scenarioCsrf };
+const scenarios = {
+  spa: scenarioSpa, simple: scenarioSimple, cors: scenarioCors, csrf: scenarioCsrf, cookie: scenarioCookie,
+};
 const selected = (env.SCENARIOS || Object.keys(scenarios).join(',')).split(',').map((s) => s.trim()).filter(Boolean);
 const unknown = selected.filter((s) => !(s in scenarios));
 if (unknown.length) {

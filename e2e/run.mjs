@@ -6,7 +6,7 @@
 //   AUTHGATE_BIN=target/debug/authgate node e2e/run.mjs
 //
 // Needs `npm ci` in ../dev-provider and ../e2e, and `npm ci && npm run build` in ../examples/spa.
-// AUTHGATE_BIN defaults to ../target/debug/authgate. SCENARIOS defaults to spa,simple,cors.
+// AUTHGATE_BIN defaults to ../target/debug/authgate. SCENARIOS defaults to spa,simple,cors,csrf,cookie.
 // OUTPUT_DIR defaults to ./output; screenshots and the logs of the provider, authgate and the SPA
 // servers are written there. All processes are stopped at the end.
 import { spawn } from 'node:child_process';
@@ -92,18 +92,24 @@ try {
   const serve = path.join(here, '../examples/spa/serve.mjs');
   const spa = await start('spa-allowed', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0' });
   const blocked = await start('spa-blocked', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0' });
-  log(`SPA (allowed origin) ${spa.url}; SPA (blocked origin) ${blocked.url}`);
+  const cookieSpa = await start('spa-cookie', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0', COOKIE_MODE: '1' });
+  log(`SPA (allowed origin) ${spa.url}; SPA (blocked origin) ${blocked.url}; SPA (cookie mode) ${cookieSpa.url}`);
 
+  // The provider on another site than the SPAs (localhost, they are on 127.0.0.1), as in real
+  // deployments: silent renewal must work as a top-level redirect, without third-party cookies.
+  const providerPort = await freePort();
   const { issuer } = await start('provider', 'node', [path.join(here, '../dev-provider/provider.mjs')], {
-    PORT: '0',
+    PORT: String(providerPort),
+    PUBLIC_URL: `http://localhost:${providerPort}`,
     CLIENTS: JSON.stringify([{
       client_id: CLIENT.id,
       client_secret: CLIENT.secret,
       token_endpoint_auth_method: 'client_secret_basic',
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
-      redirect_uris: [`${spa.url}/callback`, `${blocked.url}/callback`, `${authgateUrl}/authorization-code/callback`],
-      post_logout_redirect_uris: [`${spa.url}/`],
+      redirect_uris: [`${spa.url}/callback`, `${blocked.url}/callback`, `${cookieSpa.url}/callback`,
+        `${authgateUrl}/authorization-code/callback`],
+      post_logout_redirect_uris: [`${spa.url}/`, `${cookieSpa.url}/`],
       id_token_signed_response_alg: 'RS256',
     }]),
   });
@@ -115,10 +121,11 @@ try {
     AUTHGATE_CLIENT_ID: CLIENT.id,
     AUTHGATE_CLIENT_SECRET: CLIENT.secret,
     // The blocked SPA's callback is allowed as a redirect URI on purpose: only CORS stops it.
-    AUTHGATE_REDIRECT_URIS: [`${spa.url}/callback`, `${blocked.url}/callback`,
+    AUTHGATE_REDIRECT_URIS: [`${spa.url}/callback`, `${blocked.url}/callback`, `${cookieSpa.url}/callback`,
       `${authgateUrl}/authorization-code/callback`].join(','),
-    AUTHGATE_CORS_ALLOWED_ORIGINS: spa.url,
-    AUTHGATE_POST_LOGOUT_REDIRECT_URIS: `${spa.url}/`,
+    AUTHGATE_CORS_ALLOWED_ORIGINS: [spa.url, cookieSpa.url].join(','),
+    AUTHGATE_POST_LOGOUT_REDIRECT_URIS: [`${spa.url}/`, `${cookieSpa.url}/`].join(','),
+    AUTHGATE_REFRESH_COOKIE: 'true',
     AUTHGATE_LISTEN_ADDR: `127.0.0.1:${authgatePort}`,
     AUTHGATE_SQLITE_PATH: path.join(tmp, 'authgate.db'),
     RUST_LOG: env.RUST_LOG || 'info',
@@ -131,8 +138,9 @@ try {
     stdio: 'inherit',
     env: {
       ...env,
-      SCENARIOS: env.SCENARIOS || 'spa,simple,cors,csrf',
+      SCENARIOS: env.SCENARIOS || 'spa,simple,cors,csrf,cookie',
       SPA_URL: spa.url,
+      COOKIE_SPA_URL: cookieSpa.url,
       BLOCKED_SPA_URL: blocked.url,
       AUTHGATE_URL: authgateUrl,
       LOGIN_USER: env.LOGIN_USER || 'alice@example.com',

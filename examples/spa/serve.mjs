@@ -1,6 +1,7 @@
 // A tiny static server for the built SPA (dist/), with no dependencies.
 //
 //   AUTHGATE_URL  authgate's URL, served to the app as /config.json (default http://127.0.0.1:8080)
+//   COOKIE_MODE=1 the app keeps its session in authgate's refresh cookie (config.json cookieMode)
 //   HOST, PORT    where to listen (default 127.0.0.1, 0 = any free port)
 //   EXIT_ON_STDIN_CLOSE=1  exit when stdin closes (for test harnesses)
 //
@@ -17,6 +18,8 @@ const env = process.env;
 const HOST = env.HOST || '127.0.0.1';
 const PORT = Number(env.PORT || 0);
 const AUTHGATE_URL = env.AUTHGATE_URL || 'http://127.0.0.1:8080';
+// Cookie mode: authgate keeps the refresh handle in an HttpOnly cookie (its `refresh_cookie`).
+const COOKIE_MODE = env.COOKIE_MODE === '1';
 const DIST = path.join(path.dirname(fileURLToPath(import.meta.url)), 'dist');
 const INDEX = path.join(DIST, 'index.html');
 
@@ -76,7 +79,7 @@ async function handle(req, res) {
   }
 
   if (pathname === '/config.json') {
-    const body = JSON.stringify({ authgateUrl: AUTHGATE_URL });
+    const body = JSON.stringify({ authgateUrl: AUTHGATE_URL, cookieMode: COOKIE_MODE });
     res.writeHead(200, { ...headers, 'content-type': 'application/json', 'cache-control': 'no-store' });
     return res.end(req.method === 'HEAD' ? undefined : body);
   }

@@ -1,6 +1,12 @@
 // Everything this app does with authgate: start a login, finish it on /callback, read the profile,
-// sign out. The UI (main.ts) only calls these functions.
-import { createClient, type Client } from "@connectrpc/connect";
+// keep the session fresh, sign out. The UI (main.ts) only calls these functions.
+//
+// Two modes. Memory mode (the default): the access token and the refresh handle live in this
+// tab's memory only, so a reload signs the user out. Cookie mode (authgate's `refresh_cookie`,
+// this app's `cookieMode`): authgate keeps the refresh handle in an HttpOnly, SameSite=Strict
+// cookie no script can read; the app holds only the short-lived access token in memory and gets
+// a new one from RefreshSession on load and before it expires, so a reload costs one round trip.
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AuthService, type UserProfile } from "./gen/authgate/v1/auth_pb";
 
@@ -18,7 +24,31 @@ interface PendingLogin {
   state: string;
   binding: string;
   redirectUri: string;
+  /** A silent renewal (prompt=none): `login_required` is then an answer, not an error. */
+  silent?: boolean;
 }
+
+/** A silent renewal came back with "the user must sign in" (`login_required` and kin). */
+export class SignInRequired extends Error {}
+
+/** Tabs of this app tell each other about a sign-out on this channel. */
+const channel = typeof BroadcastChannel === "undefined" ? undefined : new BroadcastChannel("authgate");
+let onSignedOutElsewhere: () => void = () => {};
+channel?.addEventListener("message", (event: MessageEvent) => {
+  if ((event.data as { type?: string })?.type !== "signed-out") return;
+  forget();
+  onSignedOutElsewhere();
+});
+
+/** Called when another tab of this app signs out (this tab has already forgotten its token). */
+export function whenSignedOutElsewhere(callback: () => void): void {
+  onSignedOutElsewhere = callback;
+}
+
+let cookieMode = false;
+let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+/** The refresh handle in memory mode (cookie mode: in authgate's HttpOnly cookie instead). */
+let refreshHandle: string | undefined;
 
 let client: Client<typeof AuthService> | undefined;
 
@@ -26,9 +56,17 @@ let client: Client<typeof AuthService> | undefined;
 // signs the user out, and no other page or script can read it from storage.
 let accessToken: string | undefined;
 
-/** Connects to authgate over grpc-web (binary) at `authgateUrl`, e.g. http://127.0.0.1:8080. */
-export function connect(authgateUrl: string): void {
-  client = createClient(AuthService, createGrpcWebTransport({ baseUrl: authgateUrl }));
+/**
+ * Connects to authgate over grpc-web (binary) at `authgateUrl`, e.g. http://127.0.0.1:8080. In
+ * cookie mode every call carries the browser's cookies for authgate (`credentials: "include"`).
+ */
+export function connect(authgateUrl: string, useCookie = false): void {
+  cookieMode = useCookie;
+  const withCookies: typeof fetch = (input, init) => fetch(input, { ...init, credentials: "include" });
+  client = createClient(AuthService, createGrpcWebTransport({
+    baseUrl: authgateUrl,
+    ...(cookieMode ? { fetch: withCookies } : {}),
+  }));
 }
 
 function authgate(): Client<typeof AuthService> {
@@ -36,11 +74,19 @@ function authgate(): Client<typeof AuthService> {
   return client;
 }
 
-/** Asks authgate for the provider's login URL and sends the browser there. */
-export async function startLogin(): Promise<void> {
+/**
+ * Asks authgate for the provider's login URL and sends the browser there. `silent`: a silent
+ * renewal — `prompt=none` in a top-level redirect (a hidden iframe would lose the provider's
+ * cookie where third-party cookies are blocked): the provider sends the browser straight back,
+ * signed in if its session lives, else with `login_required`.
+ */
+export async function startLogin(silent = false): Promise<void> {
   const redirectUri = location.origin + callbackPath;
-  const { loginUrl, state, binding } = await authgate().getLoginUrl({ redirectUri });
-  const pending: PendingLogin = { state, binding, redirectUri };
+  const { loginUrl, state, binding } = await authgate().getLoginUrl({
+    redirectUri,
+    prompt: silent ? "none" : "",
+  });
+  const pending: PendingLogin = { state, binding, redirectUri, silent };
   sessionStorage.setItem(pendingLoginKey, JSON.stringify(pending));
   location.assign(loginUrl);
 }
@@ -53,6 +99,11 @@ export async function finishLogin(callback: URLSearchParams): Promise<UserProfil
   const pending = takePendingLogin();
 
   const error = callback.get("error");
+  // OpenID Connect Core 3.1.2.6: what prompt=none answers when the user has to act.
+  const mustAct = ["login_required", "interaction_required", "consent_required", "account_selection_required"];
+  if (error && pending?.silent && mustAct.includes(error)) {
+    throw new SignInRequired(`Your session has ended (${error}); sign in again.`);
+  }
   if (error) {
     const description = callback.get("error_description");
     throw new Error(`Sign-in failed at the identity provider: ${error}${description ? ` (${description})` : ""}`);
@@ -71,9 +122,58 @@ export async function finishLogin(callback: URLSearchParams): Promise<UserProfil
     redirectUri: pending.redirectUri,
     // RFC 9207: authgate checks it names the provider it sent the user to (mix-up defence).
     iss: callback.get("iss") ?? "",
+    refreshCookie: cookieMode,
   });
   accessToken = response.accessToken;
+  refreshHandle = response.refreshToken || undefined;
+  scheduleRefresh(Number(response.expiresIn));
   return getUserInfo();
+}
+
+/**
+ * Gets a fresh access token with RefreshSession: in cookie mode from authgate's HttpOnly cookie
+ * (with the `x-csrf` header authgate asks for), else with the handle in memory. Returns the
+ * user's profile. Throws SignInRequired when there is no session to go on with.
+ */
+export async function refresh(): Promise<UserProfile> {
+  if (!cookieMode && !refreshHandle) throw new SignInRequired("Not signed in.");
+  try {
+    const response = await authgate().refreshSession(
+      { refreshToken: cookieMode ? "" : refreshHandle },
+      cookieMode ? { headers: { "x-csrf": "1" } } : {},
+    );
+    accessToken = response.accessToken;
+    if (!cookieMode) refreshHandle = response.refreshToken;
+    scheduleRefresh(Number(response.expiresIn));
+    if (!response.user) throw new Error("authgate returned no profile.");
+    return response.user;
+  } catch (err) {
+    if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
+      forget();
+      throw new SignInRequired(err.rawMessage);
+    }
+    throw err;
+  }
+}
+
+/** Cookie mode: picks up the session the refresh cookie holds (on load; one round trip). */
+export async function resume(): Promise<UserProfile> {
+  if (!cookieMode) throw new SignInRequired("Not signed in.");
+  return refresh();
+}
+
+/** Refreshes a minute before the access token expires (or halfway, for short lifetimes). */
+function scheduleRefresh(expiresIn: number): void {
+  clearTimeout(refreshTimer);
+  const lead = Math.min(60, expiresIn / 2);
+  refreshTimer = setTimeout(() => { void refresh().catch(() => onSignedOutElsewhere()); },
+    Math.max(1, expiresIn - lead) * 1000);
+}
+
+function forget(): void {
+  accessToken = undefined;
+  refreshHandle = undefined;
+  clearTimeout(refreshTimer);
 }
 
 /** The signed-in user's profile, read from authgate with the bearer token. */
@@ -94,7 +194,9 @@ export async function getUserInfo(): Promise<UserProfile> {
  */
 export async function signOut(): Promise<"navigating" | "done"> {
   const token = accessToken;
-  accessToken = undefined;
+  forget();
+  // Every other tab of this app signs out at once; their next refresh would fail anyway.
+  channel?.postMessage({ type: "signed-out" });
   if (!token) return "done";
   const { endSessionUrl } = await authgate().logout(
     {},

@@ -7,7 +7,14 @@ import "./style.css";
 interface Config {
   /** authgate's base URL, e.g. http://127.0.0.1:8080 */
   authgateUrl: string;
+  /** Keep the session in authgate's HttpOnly refresh cookie (needs `refresh_cookie = true`). */
+  cookieMode: boolean;
 }
+
+// Per tab: a silent renewal was tried (so a `login_required` answer never loops), and the user
+// signed out here or in another tab (so no silent renewal brings the session back).
+const silentTriedKey = "authgate.silentTried";
+const signedOutKey = "authgate.signedOut";
 
 function element<T extends HTMLElement = HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -20,14 +27,21 @@ const ui = {
   status: element("status"),
   signedOut: element("signed-out"),
   signedIn: element("signed-in"),
+  notice: element("notice"),
   signIn: element<HTMLButtonElement>("sign-in"),
   signOut: element<HTMLButtonElement>("sign-out"),
+  refresh: element<HTMLButtonElement>("refresh"),
   email: element("email"),
   name: element("name"),
   groups: element<HTMLUListElement>("groups"),
 };
 
 let authgateUrl = "";
+
+function showNotice(text: string): void {
+  ui.notice.textContent = text;
+  ui.notice.hidden = false;
+}
 
 function showSignedOut(): void {
   ui.status.hidden = true;
@@ -54,6 +68,7 @@ function showSignedIn(user: auth.UserProfile): void {
     }),
   );
   ui.status.hidden = true;
+  ui.notice.hidden = true;
   ui.signedOut.hidden = true;
   ui.signedIn.hidden = false;
 }
@@ -91,7 +106,7 @@ async function loadConfig(): Promise<Config> {
   if (typeof config.authgateUrl !== "string" || !URL.canParse(config.authgateUrl)) {
     throw new Error("/config.json must look like {\"authgateUrl\": \"http://127.0.0.1:8080\"}");
   }
-  return { authgateUrl: config.authgateUrl };
+  return { authgateUrl: config.authgateUrl, cookieMode: config.cookieMode === true };
 }
 
 ui.signIn.addEventListener("click", async () => {
@@ -105,8 +120,26 @@ ui.signIn.addEventListener("click", async () => {
   }
 });
 
+ui.refresh.addEventListener("click", async () => {
+  clearError();
+  try {
+    showSignedIn(await auth.refresh());
+  } catch (err) {
+    if (!(err instanceof auth.SignInRequired)) return showError(err);
+    showNotice(err.message);
+    showSignedOut();
+  }
+});
+
+auth.whenSignedOutElsewhere(() => {
+  sessionStorage.setItem(signedOutKey, "1");
+  showNotice("You signed out in another tab.");
+  showSignedOut();
+});
+
 ui.signOut.addEventListener("click", async () => {
   clearError();
+  sessionStorage.setItem(signedOutKey, "1");
   try {
     if ((await auth.signOut()) === "navigating") return showStatus("Signing out…");
   } catch (err) {
@@ -122,15 +155,40 @@ async function main(): Promise<void> {
   if (onCallback) history.replaceState(null, "", "/");
 
   try {
-    ({ authgateUrl } = await loadConfig());
-    auth.connect(authgateUrl);
-    if (!onCallback) return showSignedOut();
+    const config = await loadConfig();
+    authgateUrl = config.authgateUrl;
+    auth.connect(authgateUrl, config.cookieMode);
+    if (!onCallback) return await resumeOrRenew(config.cookieMode);
     showStatus("Signing in…");
     showSignedIn(await auth.finishLogin(callbackParams));
+    sessionStorage.removeItem(silentTriedKey);
+    sessionStorage.removeItem(signedOutKey);
   } catch (err) {
-    showError(err);
+    if (err instanceof auth.SignInRequired) showNotice(err.message);
+    else showError(err);
     showSignedOut();
   }
+}
+
+/**
+ * On load. Cookie mode: the refresh cookie's session, if there is one (one round trip); if not,
+ * once per tab and never after a sign-out, a silent renewal at the provider. Memory mode: a
+ * reload has forgotten the session.
+ */
+async function resumeOrRenew(cookieMode: boolean): Promise<void> {
+  if (!cookieMode) return showSignedOut();
+  showStatus("Resuming your session…");
+  try {
+    return showSignedIn(await auth.resume());
+  } catch (err) {
+    if (!(err instanceof auth.SignInRequired)) throw err;
+  }
+  if (sessionStorage.getItem(silentTriedKey) || sessionStorage.getItem(signedOutKey)) {
+    return showSignedOut();
+  }
+  sessionStorage.setItem(silentTriedKey, "1");
+  showStatus("Checking your sign-in with the identity provider…");
+  await auth.startLogin(true); // navigates away
 }
 
 void main();
