@@ -269,3 +269,34 @@ fn tls_settings_come_whole_or_are_refused_with_what_is_missing() {
         );
     }
 }
+
+#[test]
+fn cookie_mode_settings_and_the_refresh_cookie_attributes() {
+    let config = Config::from_sources(None, &minimal()).unwrap();
+    assert!(!config.refresh_cookie, "cookie mode is off unless allowed");
+    assert_eq!(config.refresh_grace, Duration::from_secs(5));
+    assert_eq!(config.provider_refresh_min_interval, Duration::from_secs(60));
+    // Over plain http (local development): no Secure, no __Host- prefix.
+    assert_eq!(
+        config.refresh_cookie(Some("h1"), 60),
+        "authgate_refresh=h1; Path=/; Max-Age=60; HttpOnly; SameSite=Strict"
+    );
+    let mut vars = minimal();
+    vars.insert("AUTHGATE_PUBLIC_URL".into(), "https://auth.example.com".into());
+    vars.insert("AUTHGATE_REFRESH_COOKIE".into(), "true".into());
+    vars.insert("AUTHGATE_REFRESH_GRACE".into(), "0".into());
+    let config = Config::from_sources(None, &vars).unwrap();
+    assert!(config.refresh_cookie);
+    assert!(config.refresh_grace.is_zero(), "0 turns the grace off");
+    assert_eq!(
+        config.refresh_cookie(Some("h1"), 60),
+        "__Host-authgate_refresh=h1; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+    );
+    assert_eq!(
+        config.refresh_cookie(None, 60),
+        "__Host-authgate_refresh=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure"
+    );
+    vars.insert("AUTHGATE_REFRESH_GRACE".into(), "5m".into());
+    let err = Config::from_sources(None, &vars).unwrap_err().to_string();
+    assert!(err.contains("refresh_grace"), "{err}");
+}
