@@ -23,6 +23,9 @@ use crate::{
 const MAX_TOKEN_LEN: usize = 8192;
 const MAX_STATE_LEN: usize = 512;
 
+/// How many successors a refresh within the grace follows to the newest one.
+const MAX_GRACE_HOPS: usize = 8;
+
 /// The context the refresh grace seals a successor handle under.
 const GRACE_CONTEXT: &str = "refresh-grace";
 
@@ -230,12 +233,32 @@ impl Authenticator {
         hash: &[u8],
         from_cookie: bool,
     ) -> Result<Refreshed, AuthError> {
-        if self.grace_enabled(from_cookie)
-            && let Some(sealed) = self.store.refresh_successor(hash, now()).await?
-            && let Ok(next) = grace_cipher(handle).decrypt(&sealed, GRACE_CONTEXT)
-            && let Ok(next) = String::from_utf8(next)
-        {
-            return self.successor(session_id, Secret::new(next)).await;
+        if self.grace_enabled(from_cookie) {
+            // Follow the successors to the newest, still unused handle: the browser keeps one
+            // cookie for all its tabs, so handing back an older successor would overwrite a
+            // newer one. Every hop was issued later than the one before, so its grace lasts
+            // longer; a bounded number of hops.
+            let (mut current, mut current_hash) = (handle.to_string(), hash.to_vec());
+            for _ in 0..MAX_GRACE_HOPS {
+                let Some(sealed) = self.store.refresh_successor(&current_hash, now()).await? else {
+                    break;
+                };
+                let Some(next) = grace_cipher(&current)
+                    .decrypt(&sealed, GRACE_CONTEXT)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                else {
+                    break;
+                };
+                let next_hash = sha256(next.as_bytes()).to_vec();
+                match self.store.find_refresh_handle(&next_hash).await? {
+                    RefreshUse::Fresh(_) => {
+                        return self.successor(session_id, Secret::new(next)).await;
+                    }
+                    RefreshUse::Reused(_) => (current, current_hash) = (next, next_hash),
+                    RefreshUse::NotFound => break,
+                }
+            }
         }
         Err(self.reuse_detected(session_id).await)
     }

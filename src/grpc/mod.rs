@@ -269,7 +269,7 @@ impl AuthService for AuthGrpc {
         let handle = if from_cookie {
             if !headers.contains_key(crate::auth::csrf::CSRF_HEADER) {
                 return Err(Status::permission_denied(
-                    "a RefreshSession with the refresh cookie must carry the `x-csrf` header (any value), which a cross-site form cannot send",
+                    "refresh_token is empty, so the refresh cookie is used (cookie mode), and then the request must carry the `x-csrf` header (any value), which a cross-site form cannot send; services pass the refresh_token instead",
                 ));
             }
             let signals =

@@ -334,6 +334,14 @@ macro_rules! sql_store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                // Successors kept for a refresh grace that has passed are of no further use.
+                sqlx::query(
+                    "UPDATE refresh_handles SET successor_sealed = NULL, grace_until = NULL \
+                     WHERE grace_until < $1",
+                )
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(done.rows_affected())
             }

@@ -177,3 +177,21 @@ async fn a_used_handle_outside_the_grace_or_outside_the_cookie_still_revokes_the
     assert!(!validate(&app, &second.access_token).await.valid, "the session was revoked");
     assert_eq!(refresh_with_cookie(&app, &h2).await.status, "16", "its successor is gone too");
 }
+
+#[tokio::test]
+async fn a_late_tab_within_the_grace_gets_the_newest_handle_not_an_older_one() {
+    let app = cookie_app(&[]).await;
+    let (_, h1) = sign_in(&app).await;
+    // One tab refreshes twice in a row (H1 → H2 → H3); the browser's one cookie now holds H3.
+    let a = refresh_with_cookie(&app, &h1).await;
+    let h2 = refresh_cookie(&a.set_cookies()).unwrap();
+    let b = refresh_with_cookie(&app, &h2).await;
+    let h3 = refresh_cookie(&b.set_cookies()).unwrap();
+    // A tab whose request with H1 was delayed must not set the cookie back to the used H2.
+    let late = refresh_with_cookie(&app, &h1).await;
+    let refreshed: RefreshSessionResponse = late.decode();
+    assert!(validate(&app, &refreshed.access_token).await.valid);
+    assert_eq!(refresh_cookie(&late.set_cookies()).as_deref(), Some(h3.as_str()));
+    let next: RefreshSessionResponse = refresh_with_cookie(&app, &h3).await.decode();
+    assert!(validate(&app, &next.access_token).await.valid);
+}

@@ -287,6 +287,44 @@ async fn exercise(store: Store) {
     }
     assert_eq!(fresh, 1);
 
+    // A rotation with a grace keeps the sealed successor on the used handle until then.
+    let mut graced = None;
+    for i in 0..8 {
+        let h = sha256(format!("racer-{i}").as_bytes());
+        if let RefreshUse::Fresh(_) = store.find_refresh_handle(&h).await.unwrap() {
+            graced = Some(h);
+        }
+    }
+    let graced = graced.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_handle(
+                &graced,
+                &sha256(b"graced-next"),
+                &current,
+                None,
+                Some((b"sealed", now() + 5)),
+                now()
+            )
+            .await
+            .unwrap(),
+        Rotation::Rotated
+    );
+    assert_eq!(
+        store.refresh_successor(&graced, now()).await.unwrap().as_deref(),
+        Some(&b"sealed"[..])
+    );
+    assert_eq!(
+        store.refresh_successor(&graced, now() + 6).await.unwrap(),
+        None,
+        "the grace passed"
+    );
+    assert_eq!(
+        store.refresh_successor(&sha256(b"graced-next"), now()).await.unwrap(),
+        None,
+        "unused"
+    );
+
     // Revocation: by id, then by provider sid / subject; recent revocations are listed.
     let mut other = session("s-2");
     other.provider_sid = Some("psid-2".into());
