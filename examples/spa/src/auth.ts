@@ -33,15 +33,19 @@ export class SignInRequired extends Error {}
 
 /** Tabs of this app tell each other about a sign-out on this channel. */
 const channel = typeof BroadcastChannel === "undefined" ? undefined : new BroadcastChannel("authgate");
-let onSignedOutElsewhere: () => void = () => {};
+let onSignedOutElsewhere: (why: string, byUser: boolean) => void = () => {};
 channel?.addEventListener("message", (event: MessageEvent) => {
   if ((event.data as { type?: string })?.type !== "signed-out") return;
   forget();
-  onSignedOutElsewhere();
+  onSignedOutElsewhere("You signed out in another tab.", true);
 });
 
-/** Called when another tab of this app signs out (this tab has already forgotten its token). */
-export function whenSignedOutElsewhere(callback: () => void): void {
+/**
+ * Called, with the reason, when this tab is signed out without its own sign-out: the user
+ * signed out in another tab (`byUser`), or the session ended (a background refresh was
+ * refused). The token is already forgotten.
+ */
+export function whenSignedOutElsewhere(callback: (why: string, byUser: boolean) => void): void {
   onSignedOutElsewhere = callback;
 }
 
@@ -162,12 +166,26 @@ export async function resume(): Promise<UserProfile> {
   return refresh();
 }
 
-/** Refreshes a minute before the access token expires (or halfway, for short lifetimes). */
+/**
+ * Refreshes a minute before the access token expires (or halfway, for short lifetimes). A
+ * refusal (the session ended, here or in another tab) signs this tab out; a transient failure
+ * (authgate unreachable or overloaded) is retried every 5 s while the token lasts.
+ */
 function scheduleRefresh(expiresIn: number): void {
   clearTimeout(refreshTimer);
   const lead = Math.min(60, expiresIn / 2);
-  refreshTimer = setTimeout(() => { void refresh().catch(() => onSignedOutElsewhere()); },
-    Math.max(1, expiresIn - lead) * 1000);
+  const expiresAt = Date.now() + expiresIn * 1000;
+  const attempt = (): void => {
+    refresh().catch((err: unknown) => {
+      if (err instanceof SignInRequired || Date.now() + 5000 >= expiresAt) {
+        forget();
+        onSignedOutElsewhere("Your session has ended; sign in again.", false);
+        return;
+      }
+      refreshTimer = setTimeout(attempt, 5000);
+    });
+  };
+  refreshTimer = setTimeout(attempt, Math.max(1, expiresIn - lead) * 1000);
 }
 
 function forget(): void {

@@ -131,9 +131,10 @@ ui.refresh.addEventListener("click", async () => {
   }
 });
 
-auth.whenSignedOutElsewhere(() => {
-  sessionStorage.setItem(signedOutKey, "1");
-  showNotice("You signed out in another tab.");
+auth.whenSignedOutElsewhere((why, byUser) => {
+  // A sign-out by the user is never undone by a silent renewal; an ended session may be.
+  if (byUser) sessionStorage.setItem(signedOutKey, "1");
+  showNotice(why);
   showSignedOut();
 });
 
