@@ -154,23 +154,31 @@ pub fn install() {
     handle();
 }
 
-/// A recorded series' identity in the per-thread handle caches: the addresses and lengths of
-/// its name and label strings, all `'static` (equal strings at two addresses only make two
-/// entries for the same series).
-type HandleKey = (usize, [(usize, usize, usize); MAX_CACHED_LABELS]);
+/// A recorded series' identity in the per-thread handle caches: the address and length of its
+/// name and of each label key and value, all `'static` strings (equal strings at two addresses
+/// only make two entries for the same series; the lengths keep a string apart from another
+/// that starts at the same address).
+type HandleKey = (StrId, [(StrId, StrId); MAX_CACHED_LABELS]);
+
+/// A `'static` string's address and length.
+type StrId = (usize, usize);
 
 /// Label sets up to this long have their handles cached.
 const MAX_CACHED_LABELS: usize = 3;
+
+fn str_id(s: &'static str) -> StrId {
+    (s.as_ptr() as usize, s.len())
+}
 
 fn handle_key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Option<HandleKey> {
     if labels.len() > MAX_CACHED_LABELS {
         return None;
     }
-    let mut parts = [(0, 0, 0); MAX_CACHED_LABELS];
+    let mut parts = [((0, 0), (0, 0)); MAX_CACHED_LABELS];
     for (part, (k, v)) in parts.iter_mut().zip(labels) {
-        *part = (k.as_ptr() as usize, v.as_ptr() as usize, v.len());
+        *part = (str_id(k), str_id(v));
     }
-    Some((name.as_ptr() as usize, parts))
+    Some((str_id(name), parts))
 }
 
 thread_local! {
