@@ -9,6 +9,7 @@ mod fake_provider;
 mod helpers;
 
 mod admission;
+mod clients;
 mod container;
 mod cookie_mode;
 mod fleet;
