@@ -10,7 +10,9 @@ fails either check gets 401 with the reason; authgate unreachable gets 503 (neve
 
 Environment:
   AUTHGATE_ISSUER     authgate's public URL, the tokens' `iss` (default http://localhost:8080)
-  AUTHGATE_GRPC       host:port of authgate's gRPC (ValidateToken) (default: the issuer's)
+  AUTHGATE_URL        where this service reaches authgate, when not at the issuer URL (a cluster
+                      or compose network): metadata and keys are fetched there (default: issuer)
+  AUTHGATE_GRPC       host:port of authgate's gRPC (ValidateToken) (default: AUTHGATE_URL's)
   TOKEN_AUDIENCE      the tokens' `aud` (default authgate)
   ALLOWED_ORIGINS     comma-separated origins allowed to call it from a browser (CORS)
   HOST, PORT          where to listen (default 127.0.0.1:7070; PORT=0 picks a free port)
@@ -37,7 +39,8 @@ from check_token import TokenChecker  # noqa: E402
 from verify_jwt import Verifier  # noqa: E402
 
 ISSUER = os.environ.get("AUTHGATE_ISSUER", "http://localhost:8080").rstrip("/")
-GRPC_TARGET = os.environ.get("AUTHGATE_GRPC") or urllib.parse.urlsplit(ISSUER).netloc
+REACH_AT = os.environ.get("AUTHGATE_URL", ISSUER).rstrip("/")
+GRPC_TARGET = os.environ.get("AUTHGATE_GRPC") or urllib.parse.urlsplit(REACH_AT).netloc
 AUDIENCE = os.environ.get("TOKEN_AUDIENCE", "authgate")
 ALLOWED_ORIGINS = {o.strip() for o in os.environ.get("ALLOWED_ORIGINS", "").split(",") if o.strip()}
 
@@ -50,7 +53,7 @@ def local_verifier():
     global verifier
     with verifier_lock:
         if verifier is None:
-            verifier = Verifier(ISSUER, AUDIENCE)
+            verifier = Verifier(ISSUER, AUDIENCE, REACH_AT)
         return verifier
 
 

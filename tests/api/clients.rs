@@ -288,6 +288,8 @@ async fn start_backend(app: &TestApp, stubs: &Path, allowed_origin: &str) -> Bac
         .current_dir(repo_root())
         .env("PYTHONPATH", stubs)
         .env("AUTHGATE_ISSUER", app.base_url())
+        // Reached under another name than the issuer's, as inside a compose network.
+        .env("AUTHGATE_URL", format!("http://localhost:{}", app.addr.port()))
         .env("ALLOWED_ORIGINS", allowed_origin)
         .env("PORT", "0")
         .env("EXIT_ON_STDIN_CLOSE", "1")
@@ -336,7 +338,9 @@ async fn the_demo_backend_answers_only_tokens_that_pass_both_checks() {
     let checks = body["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 2, "{body}");
     assert!(checks.iter().all(|c| c["ok"] == true), "{body}");
-    assert!(checks[0]["detail"].as_str().unwrap().contains("/.well-known/jwks.json"), "{body}");
+    let detail = checks[0]["detail"].as_str().unwrap();
+    let jwks = format!("http://localhost:{}/.well-known/jwks.json", app.addr.port());
+    assert!(detail.contains(&jwks), "{body}");
 
     // CORS: the SPA's origin may read the answer, another may not; the preflight allows only
     // the Authorization header and GET.

@@ -21,15 +21,18 @@ ALGORITHMS = ["ES256", "EdDSA"]
 
 
 class Verifier:
-    def __init__(self, issuer, audience="authgate"):
+    def __init__(self, issuer, audience="authgate", reach_at=None):
+        """`reach_at`: where this service reaches authgate when not at the issuer URL (inside a
+        cluster or a compose network); the keys are fetched there, `iss` is still the issuer."""
         self.issuer = issuer.rstrip("/")
         self.audience = audience
-        url = f"{self.issuer}/.well-known/openid-configuration"
+        base = (reach_at or self.issuer).rstrip("/")
+        url = f"{base}/.well-known/openid-configuration"
         with urllib.request.urlopen(url, timeout=5) as answer:
             metadata = json.load(answer)
         if metadata.get("issuer") != self.issuer:
             raise ValueError(f"{url} names issuer {metadata.get('issuer')!r}, not {self.issuer!r}")
-        self.jwks_uri = metadata["jwks_uri"]
+        self.jwks_uri = metadata["jwks_uri"].replace(self.issuer, base, 1)
         # Keys are cached for 5 minutes (the JWKS's own max-age); an unknown kid refetches.
         self.keys = jwt.PyJWKClient(self.jwks_uri, cache_keys=True, lifespan=300, timeout=5)
 
