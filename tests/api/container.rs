@@ -163,8 +163,3 @@ impl Drop for Running {
         }
     }
 }
-
-fn unsafe_geteuid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use crate::helpers::FaultProxy;
 use axum::{
     Form, Json, Router,
     extract::State,
@@ -74,6 +75,8 @@ struct FakeState {
     /// The JWKS response's `Cache-Control`, when set.
     jwks_cache_control: Mutex<Option<String>>,
     answer: Mutex<Option<TokenAnswer>>,
+    /// A fault every token request gets while it is set, before anything else.
+    fault: Mutex<Option<TokenAnswer>>,
     /// ID tokens answered for particular codes, before `answer`.
     by_code: Mutex<BTreeMap<String, String>>,
     token_delay: Mutex<Option<Duration>>,
@@ -102,8 +105,21 @@ fn es256_key(kid: &str) -> Key {
 impl FakeProvider {
     pub async fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
+        Self::serve(listener, issuer)
+    }
+
+    /// The fake behind a [`FaultProxy`] whose address is its issuer: `set_down(true)` makes the
+    /// provider gone (connections cut, new ones closed at once), `set_down(false)` brings it back.
+    pub async fn start_behind_proxy() -> (Self, FaultProxy) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = FaultProxy::start(listener.local_addr().unwrap()).await;
+        let issuer = format!("http://{}", proxy.addr);
+        (Self::serve(listener, issuer), proxy)
+    }
+
+    fn serve(listener: std::net::TcpListener, issuer: String) -> Self {
+        listener.set_nonblocking(true).unwrap();
         let state = Arc::new(FakeState {
             issuer: issuer.clone(),
             published: Mutex::new(Arc::new(es256_key("fake-key-1"))),
@@ -112,6 +128,7 @@ impl FakeProvider {
             discovery_fetches: Default::default(),
             jwks_cache_control: Mutex::new(None),
             answer: Mutex::new(None),
+            fault: Mutex::new(None),
             by_code: Mutex::new(Default::default()),
             token_delay: Mutex::new(None),
             last_token_request: Mutex::new(None),
@@ -253,6 +270,11 @@ impl FakeProvider {
         self.state.by_code.lock().unwrap().insert(code.to_string(), id_token);
     }
 
+    /// Every token request gets this answer while it is set (`None` ends the fault).
+    pub fn set_token_fault(&self, fault: Option<TokenAnswer>) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
     pub fn delay_token(&self, delay: Duration) {
         *self.state.token_delay.lock().unwrap() = Some(delay);
     }
@@ -358,12 +380,16 @@ async fn token(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    let fault = s.fault.lock().unwrap().clone();
     let for_code = request_code.and_then(|code| s.by_code.lock().unwrap().remove(&code));
-    if let Some(id_token) = for_code {
+    if let (None, Some(id_token)) = (&fault, for_code) {
         return tokens(Some(id_token));
     }
-    let answer = s.answer.lock().unwrap().clone();
+    let answer = fault.or_else(|| s.answer.lock().unwrap().clone());
     match answer {
+        Some(TokenAnswer::Error { status: 429, body }) => {
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(body)).into_response()
+        }
         Some(TokenAnswer::IdToken { claims, signing }) => tokens(Some(sign(&s, &claims, signing))),
         Some(TokenAnswer::NoIdToken) => tokens(None),
         Some(TokenAnswer::Error { status, body }) => {

@@ -902,3 +902,9 @@ pub async fn grpc_web_call(
         });
     GrpcWebAnswer { headers, status, message, text }
 }
+
+/// The effective user id (root can switch users and build mount namespaces).
+pub fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

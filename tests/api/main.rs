@@ -12,6 +12,7 @@ mod admission;
 mod clients;
 mod container;
 mod cookie_mode;
+mod faults_under_load;
 mod fleet;
 mod gateway;
 mod http_routes;

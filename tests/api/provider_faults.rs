@@ -188,8 +188,12 @@ async fn provider_error_answers_map_to_precise_statuses() {
             Code::Internal,
             "client credentials are misconfigured",
         ),
-        (503, json!({"error": "temporarily_unavailable"}), Code::Unavailable, "retry shortly"),
-        (500, json!({"unexpected": true}), Code::Unavailable, "unusable response"),
+        (400, json!({"error": "temporarily_unavailable"}), Code::Unavailable, "retry shortly"),
+        (503, json!({"error": "temporarily_unavailable"}), Code::Unavailable, "HTTP 503"),
+        (500, json!({"unexpected": true}), Code::Unavailable, "HTTP 500"),
+        // A busy provider (or its gateway) is unavailable whatever the body says.
+        (429, json!({"error": "invalid_grant"}), Code::Unavailable, "HTTP 429"),
+        (502, json!({"error": "invalid_grant"}), Code::Unavailable, "HTTP 502"),
     ];
     for (status, body, code, needle) in cases {
         let (started, _) = start(&app).await;

@@ -94,6 +94,9 @@ async fn only_invalid_grant_ends_the_session_other_provider_errors_keep_it() {
     let cases = [
         (error(400, "temporarily_unavailable"), Code::Unavailable),
         (error(503, "server_error"), Code::Unavailable),
+        // invalid_grant in a 429 or 5xx answer is a busy gateway, not the grant's end.
+        (error(429, "invalid_grant"), Code::Unavailable),
+        (error(503, "invalid_grant"), Code::Unavailable),
         (TokenAnswer::Garbage { status: 502 }, Code::Unavailable),
         (error(401, "invalid_client"), Code::Internal),
     ];

@@ -39,6 +39,22 @@ impl ProviderHttp {
         let mut request: reqwest::Request = request.try_into().map_err(Box::new)?;
         crate::telemetry::inject_current(request.headers_mut());
         let mut response = self.client.execute(request).await.map_err(Box::new)?;
+        // A busy or failing provider is unavailable, whatever its body says: an OAuth error in a
+        // 429 or 5xx answer (`invalid_grant` from a gateway, say) must never end a session or
+        // be taken for a refused code. The caller gets `UNAVAILABLE` and retries.
+        let status = response.status();
+        if status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+                .map(|v| format!("; it asks to retry after {v}"))
+                .unwrap_or_default();
+            return Err(HttpClientError::Other(format!(
+                "the provider answered HTTP {status}{retry_after}"
+            )));
+        }
         let too_large = || {
             HttpClientError::Other(format!(
                 "the response body is larger than provider_max_response_bytes ({} bytes)",
