@@ -46,6 +46,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("authgate_logins_failed_total", Counter, "Logins that failed, by reason."),
     (
+        "authgate_session_write_retries_total",
+        Counter,
+        "Writes of a new session retried after a transient database failure (the attempt was already consumed).",
+    ),
+    (
         "authgate_token_validations_total",
         Counter,
         "Token checks (ValidateToken and the gateway checks), by result.",

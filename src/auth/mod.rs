@@ -9,7 +9,7 @@ mod session;
 
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     config::Config,
@@ -20,7 +20,7 @@ use crate::{
     provider::{AuthorizationRequest, IdentityProvider},
     revocation::{Revocation, Revocations},
     secret::Secret,
-    store::{Batcher, Consumed, LoginAttempt, SessionRecord, Store},
+    store::{Batcher, Consumed, LoginAttempt, RefreshUse, SessionRecord, Store, StoreError},
     tokens::{Claims, TokenIssuer, now},
 };
 
@@ -34,6 +34,8 @@ pub(crate) const HANDLE_BYTES: usize = 32;
 const MAX_EXTRA_SCOPES: usize = 16;
 const MAX_LOGIN_HINT_LEN: usize = 256;
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account"];
+/// How long a login keeps retrying the write of its new session through a database fault.
+const SESSION_WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What GetLoginUrl asks for.
 #[derive(Debug, Default)]
@@ -408,10 +410,7 @@ impl Authenticator {
         // Minted before the session is stored: a profile too large for a token writes nothing.
         let (token, claims) =
             self.tokens.mint(&session_id, &login.profile, record.expires_at).map_err(mint_error)?;
-        self.writes
-            .sessions
-            .call((record.clone(), sha256(refresh_token.expose().as_bytes()).to_vec()))
-            .await?;
+        self.write_session(&record, sha256(refresh_token.expose().as_bytes()).to_vec()).await?;
         info!(sub = %login.profile.sub, sid = %session_id, "login completed");
         Ok(LoginFinished {
             access_token: Secret::new(token),
@@ -424,6 +423,40 @@ impl Authenticator {
             refresh_token,
             session_expires_at: record.expires_at,
         })
+    }
+
+    /// Writes a new session and its first refresh handle. By now the attempt is consumed and the
+    /// code redeemed at the provider — neither can be undone — so a transient database failure
+    /// (a connection cut, a restart, a busy SQLite file) is retried for up to
+    /// [`SESSION_WRITE_RETRY`] before the login is given up. A retry that finds the session
+    /// already there with this very handle (the first write committed, its answer was lost)
+    /// has succeeded.
+    async fn write_session(
+        &self,
+        record: &SessionRecord,
+        handle_hash: Vec<u8>,
+    ) -> Result<(), AuthError> {
+        let give_up = std::time::Instant::now() + SESSION_WRITE_RETRY;
+        let mut pause = std::time::Duration::from_millis(50);
+        let mut retried = false;
+        loop {
+            match self.writes.sessions.call((record.clone(), handle_hash.clone())).await {
+                Err(StoreError::Unavailable(e)) if std::time::Instant::now() + pause < give_up => {
+                    warn!(sid = %record.id, error = %e, "writing a new session failed; retrying");
+                    metrics::inc("authgate_session_write_retries_total", &[]);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                    retried = true;
+                }
+                Err(StoreError::Duplicate(e)) if retried => {
+                    return match self.store.find_refresh_handle(&handle_hash).await? {
+                        RefreshUse::Fresh(sid) if sid == record.id => Ok(()),
+                        _ => Err(StoreError::Duplicate(e).into()),
+                    };
+                }
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// Verifies an authgate token and loads its live session.

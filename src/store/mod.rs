@@ -184,14 +184,19 @@ impl From<sqlx::Error> for StoreError {
             | E::WorkerCrashed => Self::Unavailable(e.to_string()),
             E::Database(db) => {
                 let code = db.code().unwrap_or_default();
-                // PostgreSQL: class 08 connection exception, 57P0x shutdown, 53xxx resources,
-                // 3D000 database missing. SQLite: 5 BUSY, 6 LOCKED.
+                // SQLite reports extended codes (BUSY_SNAPSHOT is 517): the primary code is the
+                // low byte. 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL (the disk).
+                let sqlite_transient = db
+                    .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                    .and_then(|e| sqlx::error::DatabaseError::code(e)?.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13));
+                // PostgreSQL: class 08 connection exception, 57P0x shutdown, 53xxx resources
+                // (53100: disk full), 3D000 database missing.
                 if code.starts_with("08")
                     || code.starts_with("57P")
                     || code.starts_with("53")
                     || code == "3D000"
-                    || code == "5"
-                    || code == "6"
+                    || sqlite_transient
                 {
                     Self::Unavailable(db.message().to_string())
                 } else if db.is_unique_violation() {
@@ -285,6 +290,13 @@ impl Store {
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // A file database's connection left inside a transaction is closed (an
+                    // in-memory database lives in its one connection: it is kept).
+                    .after_release(move |conn, _meta| {
+                        Box::pin(
+                            async move { Ok(in_memory || sqlite_connection_is_clean(conn).await?) },
+                        )
+                    })
                     .connect_lazy_with(options);
                 Ok(Store::Sqlite(SqliteStore::new(pool)))
             }
@@ -548,4 +560,32 @@ impl Store {
     pub async fn list_signing_keys(&self, now: i64) -> Result<Vec<StoredSigningKey>, StoreError> {
         on_backend!(self, s => s.list_signing_keys(now).await)
     }
+}
+
+unsafe extern "C" {
+    /// SQLite's own answer to "is this connection outside any transaction?" (linked in by sqlx).
+    fn sqlite3_get_autocommit(db: *mut std::ffi::c_void) -> std::ffi::c_int;
+}
+
+/// Whether a released SQLite connection may go back to the pool: outside any transaction, by
+/// SQLite's account and by sqlx's. Some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY) roll a
+/// transaction back by themselves; sqlx's rollback on drop then fails and it still counts one
+/// open, so the next `begin` on that connection would be a SAVEPOINT — whose rollback leaves a
+/// transaction open that silently swallows every later write on the connection (acknowledged,
+/// never committed). Such a connection is closed instead. Queued commands (the rollback of a
+/// dropped transaction) run before the handle is locked, so both answers are current.
+async fn sqlite_connection_is_clean(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<bool, sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is valid and exclusively ours while locked; the call only reads a flag.
+    let autocommit = unsafe { sqlite3_get_autocommit(handle.as_raw_handle().as_ptr().cast()) };
+    drop(handle);
+    let clean = autocommit != 0 && !sqlx::Connection::is_in_transaction(conn);
+    if !clean {
+        tracing::warn!(
+            "an SQLite connection was left inside a transaction by an error; closing it"
+        );
+    }
+    Ok(clean)
 }

@@ -445,6 +445,9 @@ async fn every_connection_terminated_under_mixed_load_loses_nothing() {
     })
     .await;
     nothing_lost(&app, &Store::Postgres(url), &ledger, "pg_terminate_backend").await;
+    // A login whose session write hit a cut connection retried the write (the pool reconnects
+    // at once): no attempt was consumed without its session.
+    assert_eq!(ledger.consumed_by_a_failure, 0, "{:?}", ledger.counts);
 }
 
 /// A throwaway PostgreSQL cluster of this test's own: `initdb` into a temporary directory and
@@ -608,6 +611,61 @@ async fn sqlite_locked_by_another_process_under_mixed_load_loses_nothing() {
     .await;
     assert!(ledger.failures() > 0, "the lock was not felt: {:?}", ledger.counts);
     nothing_lost(&app, &Store::Sqlite(path), &ledger, "SQLite locked").await;
+}
+
+/// A small tmpfs mounted for one test (root only), unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        assert_eq!(unsafe_geteuid(), 0, "mounting a tmpfs needs root (CI runs as root)");
+        let dir = tempfile::tempdir().unwrap();
+        let options = format!("size={size},mode=0700");
+        let status = StdCommand::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "authgate-test", dir.path().to_str().unwrap()])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs failed");
+        Self { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the file system under `dir` with a file until a write fails (ENOSPC); returns it.
+fn fill(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    while file.write_all(&chunk).and_then(|()| file.sync_data()).is_ok() {}
+    path
+}
+
+#[tokio::test]
+async fn sqlite_on_a_full_disk_under_mixed_load_loses_nothing() {
+    let disk = Tmpfs::mount("16m");
+    let path = disk.dir.path().join("authgate.db");
+    let options = AppOptions::real().sqlite().set("AUTHGATE_SQLITE_PATH", path.to_str().unwrap());
+    let app = spawn_app(options).await;
+    wait_until_serving(&app).await;
+    let dir = disk.dir.path().to_path_buf();
+    let (ledger, _) = under_load(&app, || async move {
+        // The disk full for three seconds, then space again.
+        let filler = tokio::task::spawn_blocking(move || fill(&dir)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        std::fs::remove_file(filler).unwrap();
+    })
+    .await;
+    assert!(ledger.failures() > 0, "the full disk was not felt: {:?}", ledger.counts);
+    nothing_lost(&app, &Store::Sqlite(path), &ledger, "SQLite on a full disk").await;
+    app.stop().await;
 }
 
 // ------------------------------------------------------------------ provider faults --
