@@ -572,10 +572,11 @@ async fn a_postgres_restart_under_mixed_load_loses_nothing() {
     wait_until_serving(&app).await;
     let server = Arc::clone(&pg);
     let (ledger, readiness) = under_load(&app, || async move {
-        // Down long enough for the health check (every second here) to see it.
+        // Down longer than the pool's 3 s acquire timeout, which the readiness ping waits out
+        // (a shorter blip does not flip readiness), plus a health-check interval.
         tokio::task::spawn_blocking(move || {
             server.stop();
-            std::thread::sleep(Duration::from_millis(2500));
+            std::thread::sleep(Duration::from_millis(5000));
             server.start();
         })
         .await
