@@ -1,10 +1,17 @@
 // Browser end-to-end scenarios for authgate, driven by playwright-core in Debian's chromium.
 //
-//   SCENARIOS=spa,simple,cors,csrf node browser.mjs      (default: all four)
+//   SCENARIOS=spa,simple,cors,csrf,cookie node browser.mjs      (default: all five)
 //
 // Scenarios and the environment they read:
-//   spa     SPA_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_GROUPS (comma-separated)
-//           Sign in through the example SPA (examples/spa) served from an allowed origin.
+//   spa     SPA_URL, BACKEND_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_GROUPS
+//           (comma-separated)
+//           Sign in through the example SPA (examples/spa) served from an allowed origin. The
+//           signed-in page shows the user, the token's claims (#claims, compared with the token the
+//           SPA sent to the backend) with the expiry counting down (#expires-in), and the demo
+//           backend's answer (#backend: the user, the groups, both checks passed); #call-backend
+//           and #refresh ask the backend again (#refresh with a new token that expires later).
+//           After "Sign out everywhere" the backend refuses the old token (401, REVOKED).
+//           Screenshots spa-1-signed-out.png … spa-5-signed-out.png.
 //   simple  AUTHGATE_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL, EXPECT_POST_LOGIN_URL
 //           authgate's own server-side login (/authorization-code/login) with an httpOnly cookie.
 //   cors    BLOCKED_SPA_URL
@@ -15,12 +22,14 @@
 //           SPA's 127.0.0.1 port) and of a foreign site (the same server reached as
 //           http://evil.test, mapped to 127.0.0.1) post a logout form to authgate: both fail and
 //           the session lives on; authgate's own sign-out button then works.
-//   cookie  COOKIE_SPA_URL, AUTHGATE_URL, BLOCKED_SPA_URL, LOGIN_USER, LOGIN_PASSWORD, EXPECT_EMAIL
+//   cookie  COOKIE_SPA_URL, AUTHGATE_URL, BLOCKED_SPA_URL, BACKEND_URL, LOGIN_USER, LOGIN_PASSWORD,
+//           EXPECT_EMAIL, EXPECT_GROUPS
 //           The SPA in cookie mode (authgate's HttpOnly refresh cookie), the provider on another
-//           site (localhost vs 127.0.0.1): silent renewal answering login_required, sign-in, a
-//           reload that keeps the session, two tabs refreshing at once, a silent renewal that
-//           signs in without a form, sign-out reaching the other tab, and pages of other origins
-//           that cannot use the refresh cookie.
+//           site (localhost vs 127.0.0.1): silent renewal answering login_required, sign-in (the
+//           same page checks as spa: claims, countdown, backend, #refresh), a reload that keeps
+//           the session, two tabs refreshing at once, a silent renewal that signs in without a
+//           form, sign-out reaching the other tab and the backend refusing both tabs' tokens, and
+//           pages of other origins that cannot use the refresh cookie. Screenshots cookie-*.png.
 // Also: OUTPUT_DIR (screenshots; default ./output), CHROMIUM (default /usr/bin/chromium),
 // TIMEOUT_MS (per wait; default 15000).
 //
@@ -46,11 +55,12 @@ function step(message) {
 
 // The environment each scenario needs (checked before the browser starts).
 const NEEDS = {
-  spa: ['SPA_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_GROUPS'],
+  spa: ['SPA_URL', 'BACKEND_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_GROUPS'],
   simple: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL', 'EXPECT_POST_LOGIN_URL'],
   cors: ['BLOCKED_SPA_URL'],
   csrf: ['AUTHGATE_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_POST_LOGIN_URL', 'BLOCKED_SPA_URL'],
-  cookie: ['COOKIE_SPA_URL', 'AUTHGATE_URL', 'BLOCKED_SPA_URL', 'LOGIN_USER', 'LOGIN_PASSWORD', 'EXPECT_EMAIL'],
+  cookie: ['COOKIE_SPA_URL', 'AUTHGATE_URL', 'BLOCKED_SPA_URL', 'BACKEND_URL', 'LOGIN_USER', 'LOGIN_PASSWORD',
+    'EXPECT_EMAIL', 'EXPECT_GROUPS'],
 };
 const required = (...names) => names.map((name) => env[name]);
 
@@ -147,13 +157,149 @@ async function screenshot(page, name) {
   step(`screenshot ${file}`);
 }
 
+// ------------------------------------------------- the SPA's signed-in page --
+
+/** JWT payload, decoded (no verification: the test compares what the page shows with it). */
+const jwtClaims = (token) => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8'));
+
+/**
+ * Records the page's GET {BACKEND_URL}/api/hello requests. `tokens()` resolves their bearer
+ * tokens (the page itself cannot give them: the SPA keeps the token in memory only).
+ */
+function trackHello(page, backendUrl) {
+  const target = `${backendUrl.replace(/\/+$/, '')}/api/hello`;
+  const requests = [];
+  page.on('request', (req) => { if (req.method() === 'GET' && req.url() === target) requests.push(req); });
+  return {
+    get count() { return requests.length; },
+    /** The bearer tokens of the requests from the `from`-th on. */
+    async tokens(from = 0) {
+      const headers = await Promise.all(requests.slice(from).map((req) => req.allHeaders()));
+      return headers.map((h) => (h.authorization ?? '').replace(/^Bearer /i, ''));
+    },
+  };
+}
+
+/** The value shown for one claim in #claims ('' when absent). */
+const claim = async (page, name) => ((await page.locator(`#claims dd[data-claim="${name}"] code`).first()
+  .textContent({ timeout: 1000 }).catch(() => '')) ?? '').trim();
+
+/** #expires-in ("expires in 14:32", "expires in 1:02:03") in seconds. */
+async function expiresIn(page) {
+  const shown = await text(page, '#expires-in');
+  const match = /expires in (?:(\d+):)?(\d+):(\d\d)$/.exec(shown);
+  if (!match) fail(`#expires-in shows "${shown}", expected "expires in MM:SS"`);
+  return Number(match[1] ?? 0) * 3600 + Number(match[2]) * 60 + Number(match[3]);
+}
+
+/** Waits for the page's GET /api/hello with the token whose jti #claims shows; returns that token. */
+async function helloWithShownToken(page, hello, from = 0) {
+  const jti = await waitUntil('#claims to show the token\'s jti', () => spaCheck(page, () => claim(page, 'jti')),
+    async () => where(page));
+  const token = await waitUntil(`the SPA to call the backend (GET /api/hello) with the token ${jti}`,
+    async () => (await hello.tokens(from)).find((t) => jwtClaims(t).jti === jti), async () => where(page));
+  return token;
+}
+
+/** Waits for #backend to show the backend's 200 answer; fails at once on a refusal. */
+async function backendAccepted(page, email, groups) {
+  const shown = await waitUntil('#backend to show the backend\'s answer', () => spaCheck(page, async () => {
+    const state = await page.getAttribute('#backend', 'data-state');
+    if (state === 'refused' || state === 'unreachable' || state === 'unconfigured') {
+      fail(`#backend shows ${state}: ${await text(page, '#backend')}`);
+    }
+    return state === 'ok' && text(page, '#backend');
+  }), async () => `${await where(page)}; #backend: "${await text(page, '#backend')}"`);
+  const missing = [email, ...groups].filter((word) => !shown.includes(word));
+  if (missing.length) fail(`#backend does not name ${missing.join(', ')}: "${shown}"`);
+  const checks = await page.locator('#backend-checks li').evaluateAll((items) => items.map((li) => ({
+    ok: li.dataset.ok, name: li.querySelector('.check-name')?.textContent ?? '',
+  })));
+  const names = checks.map((c) => c.name).join(', ');
+  if (checks.length !== 2 || checks.some((c) => c.ok !== 'true')) {
+    fail(`#backend-checks should list 2 passed checks, lists ${JSON.stringify(checks)}`);
+  }
+  return `${(await text(page, '.backend-message')) || 'answered'} (checks passed: ${names})`;
+}
+
+/**
+ * The signed-in product page: #claims shows the token the SPA sent to the backend (sub, sid, jti,
+ * email, groups), #expires-in counts down, #backend shows the backend's answer. Returns the token.
+ */
+async function checkSignedInPage(page, hello, email, groups, from = 0) {
+  const token = await helloWithShownToken(page, hello, from);
+  const sent = jwtClaims(token);
+  for (const name of ['sub', 'sid', 'iss', 'jti', 'email', 'exp', 'iat']) {
+    const shown = await claim(page, name);
+    if (shown !== String(sent[name])) fail(`#claims ${name} shows "${shown}", the token has "${sent[name]}"`);
+  }
+  if (sent.email !== email) fail(`the token's email is ${sent.email}, expected ${email}`);
+  const shownGroups = (await claim(page, 'groups')).split(',').map((g) => g.trim());
+  const missing = groups.filter((g) => !shownGroups.includes(g));
+  if (missing.length) fail(`#claims groups lacks ${missing.join(', ')} (shows: ${shownGroups.join(', ')})`);
+  step(`#claims shows the token sent to the backend: sub ${sent.sub}, email ${sent.email}, groups ${shownGroups.join(', ')}, jti ${sent.jti}`);
+
+  const first = await expiresIn(page);
+  await sleep(1500);
+  const second = await expiresIn(page);
+  if (!(second < first)) fail(`#expires-in did not count down: ${first} s, 1.5 s later ${second} s`);
+  step(`#expires-in counts down: ${await text(page, '#expires-in')} (${first} s, 1.5 s later ${second} s)`);
+
+  step(`#backend: ${await backendAccepted(page, email, groups)}`);
+  return token;
+}
+
+/** #call-backend asks the backend again (a new GET /api/hello) and the answer is shown. */
+async function checkCallBackend(page, hello, email, groups) {
+  const before = hello.count;
+  await page.click('#call-backend'); // #backend is "loading" from the click until the answer
+  await waitUntil('#call-backend to send GET /api/hello', async () => hello.count > before);
+  step(`#call-backend: asked again; ${await backendAccepted(page, email, groups)}`);
+}
+
+/** #refresh: a new token (jti, later exp), #expires-in jumps back up, the backend is asked again. */
+async function checkRefresh(page, hello, email, groups) {
+  await sleep(1100); // so the new token's exp (in seconds) is later than the current one's
+  const before = { jti: await claim(page, 'jti'), exp: Number(await claim(page, 'exp')), left: await expiresIn(page) };
+  const calls = hello.count;
+  await page.click('#refresh');
+  await waitUntil('#claims to show a new token after #refresh', () => spaCheck(page, async () => {
+    const jti = await claim(page, 'jti');
+    return jti && jti !== before.jti;
+  }), async () => where(page));
+  const after = { jti: await claim(page, 'jti'), exp: Number(await claim(page, 'exp')), left: await expiresIn(page) };
+  if (!(after.exp > before.exp)) fail(`exp did not move on: ${before.exp} → ${after.exp}`);
+  if (!(after.left > before.left)) fail(`#expires-in did not jump back up: ${before.left} s → ${after.left} s`);
+  step(`#refresh: new jti ${after.jti}, exp ${before.exp} → ${after.exp}, #expires-in ${before.left} s → ${after.left} s`);
+  await helloWithShownToken(page, hello, calls);
+  step(`the backend was asked again with the new token: ${await backendAccepted(page, email, groups)}`);
+}
+
+/** After a sign-out the backend must refuse `token`: 401 with reason INVALID_REASON_REVOKED. */
+async function checkRevoked(backendUrl, token, what) {
+  const url = `${backendUrl.replace(/\/+$/, '')}/api/hello`;
+  let last = '';
+  await waitUntil(`the backend to refuse ${what} as revoked`, async () => {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+    const body = await res.json().catch(() => ({}));
+    last = `HTTP ${res.status} ${JSON.stringify(body)}`;
+    if (res.status === 200 || res.status === 401) {
+      if (res.status === 401 && body.reason === 'INVALID_REASON_REVOKED') return true;
+      if (res.status === 401) fail(`the backend refused ${what}, but not as revoked: ${last}`);
+    }
+    return false;
+  }, async () => ` (last answer: ${last})`);
+  step(`GET /api/hello with ${what} (sent by the SPA before the sign-out): 401 ${last.replace(/^HTTP 401 /, '')}`);
+}
+
 // ------------------------------------------------------------------ scenarios --
 
 async function scenarioSpa(context) {
-  const [spaUrl, user, password, email, groupList] = required(...NEEDS.spa);
+  const [spaUrl, backendUrl, user, password, email, groupList] = required(...NEEDS.spa);
   const groups = groupList.split(',').map((g) => g.trim()).filter(Boolean);
   const spaOrigin = origin(spaUrl);
   const page = await context.newPage();
+  const hello = trackHello(page, backendUrl);
   // URLs the tab navigated to, redirects included: with a provider session the provider answers
   // with a redirect straight back to /callback, and no provider page is ever shown.
   const navigations = [];
@@ -181,6 +327,7 @@ async function scenarioSpa(context) {
   await page.goto(spaUrl);
   await waitUntil('the signed-out view (#sign-in)', () => spaCheck(page, () => visible(page, '#sign-in')),
     async () => where(page));
+  await screenshot(page, 'spa-1-signed-out.png');
   step('click #sign-in');
   await signIn();
   step(`signed in: #email = ${email}, #name = ${await text(page, '#name')}`);
@@ -192,7 +339,13 @@ async function scenarioSpa(context) {
 
   assertNoCodeInUrl(page);
   await assertNoStoredJwt(page, context);
-  await screenshot(page, 'spa-signed-in.png');
+  await checkSignedInPage(page, hello, email, groups);
+  await screenshot(page, 'spa-2-signed-in.png');
+  await checkCallBackend(page, hello, email, groups);
+  await screenshot(page, 'spa-3-backend.png');
+  await checkRefresh(page, hello, email, groups);
+  await screenshot(page, 'spa-4-refreshed.png');
+  await assertNoStoredJwt(page, context);
 
   step('reload: the token was in memory only, so the app must be signed out');
   await page.reload();
@@ -202,8 +355,13 @@ async function scenarioSpa(context) {
   step('signed-out view shown after reload');
 
   step('sign in again (provider session exists)');
+  const beforeSecond = hello.count;
   await signIn();
-  step('signed in again; click #sign-out');
+  // The token to try after the sign-out: the one the SPA sent to the backend (the page cannot
+  // hand it out: it lives in the SPA's memory only).
+  const token = await helloWithShownToken(page, hello, beforeSecond);
+  step(`signed in again; the backend accepted the new token: ${await backendAccepted(page, email, groups)}`);
+  step('click #sign-out ("Sign out everywhere")');
   const leftSpa = page.waitForURL((url) => url.origin !== spaOrigin, { timeout: TIMEOUT_MS });
   await page.click('#sign-out');
   await leftSpa.catch(() => fail(`sign-out did not go to the provider's end-session endpoint${''}`));
@@ -214,6 +372,8 @@ async function scenarioSpa(context) {
     page.url().startsWith(spaUrl) && await visible(page, '#sign-in') && !(await visible(page, '#email')))),
   async () => where(page));
   step(`back at ${page.url()}, signed out`);
+  await screenshot(page, 'spa-5-signed-out.png');
+  await checkRevoked(backendUrl, token, 'the token of the ended session');
   step('click #sign-in: the provider must ask for the password again (its session ended too)');
   await page.click('#sign-in');
   await waitUntil('the provider sign-in form', async () => visible(page, '#username'), async () => where(page));
@@ -300,7 +460,8 @@ async function scenarioCors(context) {
 }
 
 async function scenarioCookie(context) {
-  const [spaUrl, authgateUrl, blockedUrl, user, password, email] = required(...NEEDS.cookie);
+  const [spaUrl, authgateUrl, blockedUrl, backendUrl, user, password, email, groupList] = required(...NEEDS.cookie);
+  const groups = groupList.split(',').map((g) => g.trim()).filter(Boolean);
   const spaOrigin = origin(spaUrl);
   const refreshCookie = async () => (await context.cookies(authgateUrl)).find((c) => c.name.endsWith('authgate_refresh'));
   /** Top-level navigations of a page (redirects included), to see whether it went to the provider. */
@@ -319,6 +480,7 @@ async function scenarioCookie(context) {
 
   const page = await context.newPage();
   const navigations = track(page);
+  const hello = trackHello(page, backendUrl);
   step(`open ${spaUrl} (cookie mode) with no session anywhere`);
   await page.goto(spaUrl);
   await signedOut(page);
@@ -332,7 +494,7 @@ async function scenarioCookie(context) {
   const silentUrl = navigations.find((url) => origin(url) === providerOrigin);
   if (new URL(silentUrl).searchParams.get('prompt') !== 'none') fail(`no prompt=none in ${silentUrl}`);
   step(`silent renewal: a top-level prompt=none redirect to ${providerOrigin} (another site) came back login_required; #notice: ${notice}`);
-  await screenshot(page, 'cookie-login-required.png');
+  await screenshot(page, 'cookie-1-login-required.png');
 
   step('click #sign-in');
   await page.click('#sign-in');
@@ -346,20 +508,28 @@ async function scenarioCookie(context) {
   if ((await page.evaluate(() => document.cookie)).includes('authgate_refresh')) fail('document.cookie exposes the refresh cookie');
   step(`signed in; refresh cookie ${cookie.name}: httpOnly, sameSite=Strict, not in document.cookie`);
   await assertNoStoredJwt(page, context);
-  await screenshot(page, 'cookie-signed-in.png');
+  await checkSignedInPage(page, hello, email, groups);
+  await screenshot(page, 'cookie-2-signed-in.png');
+  await checkRefresh(page, hello, email, groups);
+  await screenshot(page, 'cookie-3-refreshed.png');
 
   step('reload: cookie mode keeps the session (one RefreshSession, no provider)');
   const beforeReload = navigations.length;
+  const hellosBeforeReload = hello.count;
   await page.reload();
   await signedIn(page);
   const away = navigations.slice(beforeReload).filter((url) => origin(url) !== spaOrigin);
   if (away.length) fail(`the reload went to ${away.join(', ')}`);
   step('signed in after reload, without leaving the SPA');
-  await screenshot(page, 'cookie-after-reload.png');
+  await helloWithShownToken(page, hello, hellosBeforeReload);
+  step(`after the reload: ${await backendAccepted(page, email, groups)}`);
+  await assertNoStoredJwt(page, context);
+  await screenshot(page, 'cookie-4-after-reload.png');
 
   step('open a second tab: signed in too');
   const second = await context.newPage();
   track(second);
+  const secondHello = trackHello(second, backendUrl);
   await second.goto(spaUrl);
   await signedIn(second);
   step('both tabs click #refresh at the same moment');
@@ -441,11 +611,20 @@ async function scenarioCookie(context) {
   const trip = navigations.slice(beforeSilent).map(origin);
   if (!trip.includes(providerOrigin)) fail('the silent renewal did not go to the provider');
   step(`signed in again through a top-level prompt=none redirect to ${providerOrigin}, no form`);
-  await screenshot(page, 'cookie-silent-renewal.png');
+  await screenshot(page, 'cookie-5-silent-renewal.png');
 
   step('sign out in the first tab; the second tab must follow');
+  const secondFrom = secondHello.count;
   await second.reload();
   await signedIn(second);
+  // Both tabs' tokens (one session), as they sent them to the backend, to try after the sign-out.
+  const tokens = [await helloWithShownToken(page, hello), await helloWithShownToken(second, secondHello, secondFrom)];
+  if (jwtClaims(tokens[0]).sid !== jwtClaims(tokens[1]).sid) fail('the two tabs do not share one session');
+  await backendAccepted(second, email, groups);
+  step(`both tabs' tokens belong to session ${jwtClaims(tokens[0]).sid}; the backend accepts them`);
+  // The user is on the first tab when they click (Chromium throttles a background tab's frames,
+  // which would slow Playwright's click itself by up to a second, and count against the 2 s).
+  await page.bringToFront();
   const clicked = Date.now();
   await page.click('#sign-out');
   await signedOut(second);
@@ -453,8 +632,11 @@ async function scenarioCookie(context) {
   const secondNotice = await text(second, '#notice');
   step(`second tab signed out ${took} ms after the click (#notice: ${secondNotice})`);
   if (took > 2000) fail(`the second tab took ${took} ms to sign out (stated: within 2 s)`);
-  await screenshot(second, 'cookie-signed-out-elsewhere.png');
+  await screenshot(second, 'cookie-6-signed-out-elsewhere.png');
   await signedOut(page);
+  await screenshot(page, 'cookie-7-signed-out.png');
+  await checkRevoked(backendUrl, tokens[0], 'the first tab\'s token');
+  await checkRevoked(backendUrl, tokens[1], 'the second tab\'s token');
   if (await refreshCookie()) fail('the refresh cookie survived the sign-out');
   await second.reload();
   await signedOut(second);

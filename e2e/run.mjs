@@ -1,15 +1,19 @@
 // The browser end-to-end tests (part of ../scripts/test): runs browser.mjs against a local stack —
-// the dev provider (../dev-provider), an authgate binary and the example SPA (../examples/spa,
-// already built) served twice: once from an origin on authgate's CORS allow-list and once from
-// one that is not.
+// the dev provider (../dev-provider), an authgate binary, the demo backend (../examples/backend,
+// Python: it verifies the token against authgate's JWKS and asks ValidateToken) and the example
+// SPA (../examples/spa, already built) served three times: from an origin on authgate's CORS
+// allow-list, from one that is not, and in cookie mode. The SPAs call the backend with the token.
 //
 //   AUTHGATE_BIN=target/debug/authgate node e2e/run.mjs
 //
-// Needs `npm ci` in ../dev-provider and ../e2e, and `npm ci && npm run build` in ../examples/spa.
+// Needs `npm ci` in ../dev-provider and ../e2e, `npm ci && npm run build` in ../examples/spa, and
+// the backend's Python packages (grpcio, grpcio-tools, PyJWT, cryptography:
+// ../examples/clients/python/requirements.txt); the backend's gRPC stubs are generated from
+// ../proto into a temporary directory at start. PYTHON defaults to python3.
 // AUTHGATE_BIN defaults to ../target/debug/authgate. SCENARIOS defaults to spa,simple,cors,csrf,cookie.
-// OUTPUT_DIR defaults to ./output; screenshots and the logs of the provider, authgate and the SPA
-// servers are written there. All processes are stopped at the end.
-import { spawn } from 'node:child_process';
+// OUTPUT_DIR defaults to ./output; screenshots and the logs of the provider, authgate, the backend
+// and the SPA servers are written there. All processes are stopped at the end.
+import { spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -21,6 +25,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const env = process.env;
 const OUTPUT_DIR = path.resolve(env.OUTPUT_DIR || path.join(here, 'output'));
 const AUTHGATE_BIN = path.resolve(env.AUTHGATE_BIN || path.join(here, '../target/debug/authgate'));
+const PYTHON = env.PYTHON || 'python3';
+const REPO = path.resolve(here, '..');
 const CLIENT = { id: 'authgate-e2e', secret: 'authgate-e2e-secret' };
 mkdirSync(OUTPUT_DIR, { recursive: true });
 
@@ -79,6 +85,26 @@ async function waitReady(url, timeoutMs = 30000) {
   }
 }
 
+/**
+ * Generates the backend's Python gRPC stubs from proto/ into `dir` with grpcio-tools. Fails with
+ * what to install when the backend's packages are missing.
+ */
+function generatePythonStubs(dir) {
+  const probe = spawnSync(PYTHON, ['-c', 'import grpc, grpc_tools, jwt, cryptography'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(`the demo backend needs ${PYTHON} with grpcio, grpcio-tools, PyJWT and cryptography `
+      + `(${probe.error?.message ?? probe.stderr.trim().split('\n').at(-1)}); install them with `
+      + `${PYTHON} -m pip install -r examples/clients/python/requirements.txt`);
+  }
+  mkdirSync(dir, { recursive: true });
+  const protoc = spawnSync(PYTHON, ['-m', 'grpc_tools.protoc', '-I', path.join(REPO, 'proto'),
+    `--python_out=${dir}`, `--grpc_python_out=${dir}`, path.join(REPO, 'proto/authgate/v1/auth.proto')],
+  { encoding: 'utf8' });
+  if (protoc.error || protoc.status !== 0) {
+    throw new Error(`${PYTHON} -m grpc_tools.protoc failed: ${protoc.error?.message ?? protoc.stderr.trim()}`);
+  }
+}
+
 function stopAll() {
   for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
 }
@@ -87,13 +113,30 @@ process.on('SIGINT', () => { stopAll(); process.exit(130); });
 let exitCode = 1;
 const tmp = path.join(os.tmpdir(), `authgate-e2e-${process.pid}`);
 try {
+  mkdirSync(tmp, { recursive: true });
+  const stubs = path.join(tmp, 'python');
+  generatePythonStubs(stubs); // first: a missing Python package stops the run before anything starts
   const authgatePort = await freePort();
   const authgateUrl = `http://127.0.0.1:${authgatePort}`;
+  // The backend's port is chosen up front: the SPAs are told its URL, and it is told their origins.
+  const backendUrl = `http://127.0.0.1:${await freePort()}`;
   const serve = path.join(here, '../examples/spa/serve.mjs');
-  const spa = await start('spa-allowed', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0' });
-  const blocked = await start('spa-blocked', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0' });
-  const cookieSpa = await start('spa-cookie', 'node', [serve], { AUTHGATE_URL: authgateUrl, PORT: '0', COOKIE_MODE: '1' });
+  const spaEnv = { AUTHGATE_URL: authgateUrl, BACKEND_URL: backendUrl, PORT: '0' };
+  const spa = await start('spa-allowed', 'node', [serve], spaEnv);
+  const blocked = await start('spa-blocked', 'node', [serve], spaEnv);
+  const cookieSpa = await start('spa-cookie', 'node', [serve], { ...spaEnv, COOKIE_MODE: '1' });
   log(`SPA (allowed origin) ${spa.url}; SPA (blocked origin) ${blocked.url}; SPA (cookie mode) ${cookieSpa.url}`);
+
+  // The demo backend: allows the allowed and the cookie-mode SPA (CORS), checks tokens at authgate.
+  const backend = await start('backend', PYTHON, [path.join(REPO, 'examples/backend/backend.py')], {
+    PYTHONPATH: [stubs, env.PYTHONPATH].filter(Boolean).join(path.delimiter),
+    AUTHGATE_ISSUER: authgateUrl,
+    PORT: new URL(backendUrl).port,
+    ALLOWED_ORIGINS: [spa.url, cookieSpa.url].join(','),
+    PYTHONUNBUFFERED: '1',
+  });
+  if (backend.url !== backendUrl) throw new Error(`the backend listens on ${backend.url}, expected ${backendUrl}`);
+  log(`demo backend ${backend.url}`);
 
   // The provider on another site than the SPAs (localhost, they are on 127.0.0.1), as in real
   // deployments: silent renewal must work as a top-level redirect, without third-party cookies.
@@ -115,7 +158,6 @@ try {
   });
   log(`provider ${issuer}`);
 
-  mkdirSync(tmp, { recursive: true });
   await start('authgate', AUTHGATE_BIN, [], {
     AUTHGATE_ISSUER_URL: issuer,
     AUTHGATE_CLIENT_ID: CLIENT.id,
@@ -133,6 +175,7 @@ try {
   const started = Date.now();
   await waitReady(`${authgateUrl}/readyz/login`);
   log(`authgate ${authgateUrl} ready in ${Date.now() - started} ms (binary ${AUTHGATE_BIN})`);
+  await waitReady(`${backendUrl}/healthz`);
 
   const browser = spawn('node', [path.join(here, 'browser.mjs')], {
     stdio: 'inherit',
@@ -143,6 +186,7 @@ try {
       COOKIE_SPA_URL: cookieSpa.url,
       BLOCKED_SPA_URL: blocked.url,
       AUTHGATE_URL: authgateUrl,
+      BACKEND_URL: backendUrl,
       LOGIN_USER: env.LOGIN_USER || 'alice@example.com',
       LOGIN_PASSWORD: env.LOGIN_PASSWORD || 'alice-password',
       EXPECT_EMAIL: env.EXPECT_EMAIL || 'alice@example.com',

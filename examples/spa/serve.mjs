@@ -2,6 +2,8 @@
 //
 //   AUTHGATE_URL  authgate's URL, served to the app as /config.json (default http://127.0.0.1:8080)
 //   COOKIE_MODE=1 the app keeps its session in authgate's refresh cookie (config.json cookieMode)
+//   BACKEND_URL   the demo backend's URL (examples/backend), served as config.json backendUrl; the
+//                 app calls GET {BACKEND_URL}/api/hello with the user's token (default: none)
 //   HOST, PORT    where to listen (default 127.0.0.1, 0 = any free port)
 //   EXIT_ON_STDIN_CLOSE=1  exit when stdin closes (for test harnesses)
 //
@@ -20,6 +22,12 @@ const PORT = Number(env.PORT || 0);
 const AUTHGATE_URL = env.AUTHGATE_URL || 'http://127.0.0.1:8080';
 // Cookie mode: authgate keeps the refresh handle in an HttpOnly cookie (its `refresh_cookie`).
 const COOKIE_MODE = env.COOKIE_MODE === '1';
+// The app's own backend (optional): the page calls it with the token and shows its answer.
+const BACKEND_URL = env.BACKEND_URL || '';
+if (BACKEND_URL && !URL.canParse(BACKEND_URL)) {
+  console.error(`serve.mjs: BACKEND_URL is not a URL: ${BACKEND_URL}`);
+  process.exit(2);
+}
 const DIST = path.join(path.dirname(fileURLToPath(import.meta.url)), 'dist');
 const INDEX = path.join(DIST, 'index.html');
 
@@ -42,10 +50,11 @@ const headers = {
   'referrer-policy': 'no-referrer',
 };
 
-// The page may run only its own scripts and talk only to itself and authgate.
+// The page may run only its own scripts and talk only to itself, authgate and its backend.
+const connectTo = [...new Set([AUTHGATE_URL, BACKEND_URL].filter(Boolean).map((url) => new URL(url).origin))];
 const csp = [
   "default-src 'self'",
-  `connect-src 'self' ${new URL(AUTHGATE_URL).origin}`,
+  `connect-src 'self' ${connectTo.join(' ')}`,
   "base-uri 'none'",
   "form-action 'none'",
   "frame-ancestors 'none'",
@@ -79,7 +88,11 @@ async function handle(req, res) {
   }
 
   if (pathname === '/config.json') {
-    const body = JSON.stringify({ authgateUrl: AUTHGATE_URL, cookieMode: COOKIE_MODE });
+    const body = JSON.stringify({
+      authgateUrl: AUTHGATE_URL,
+      cookieMode: COOKIE_MODE,
+      ...(BACKEND_URL ? { backendUrl: BACKEND_URL } : {}),
+    });
     res.writeHead(200, { ...headers, 'content-type': 'application/json', 'cache-control': 'no-store' });
     return res.end(req.method === 'HEAD' ? undefined : body);
   }

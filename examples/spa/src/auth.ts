@@ -1,6 +1,10 @@
 // Everything this app does with authgate: start a login, finish it on /callback, read the profile,
 // keep the session fresh, sign out. The UI (main.ts) only calls these functions.
 //
+// The UI may read the current access token (currentToken(): the raw JWT for the app's own backend
+// calls, its decoded claims for display, when it expires) and hear when it changes
+// (whenTokenChanged); the token itself never leaves this module's memory for storage.
+//
 // Two modes. Memory mode (the default): the access token and the refresh handle live in this
 // tab's memory only, so a reload signs the user out. Cookie mode (authgate's `refresh_cookie`,
 // this app's `cookieMode`): authgate keeps the refresh handle in an HttpOnly, SameSite=Strict
@@ -59,6 +63,92 @@ let client: Client<typeof AuthService> | undefined;
 // authgate's JWT. In memory only — never localStorage, sessionStorage or a cookie — so a reload
 // signs the user out, and no other page or script can read it from storage.
 let accessToken: string | undefined;
+/** When `accessToken` expires, in ms on this browser's clock (from `expires_in`: no clock skew). */
+let accessTokenExpiresAt = 0;
+
+/**
+ * The claims of authgate's access token, as decoded for display. Every field is optional: they
+ * come from a payload this app does not verify (see decodeClaims).
+ */
+export interface TokenClaims {
+  /** The provider's subject identifier for the user. */
+  sub?: string;
+  /** The authgate session; Logout revokes it, and with it every token of the session. */
+  sid?: string;
+  iss?: string;
+  aud?: string | string[];
+  /** Issued at, expiry, not before: seconds since the epoch. */
+  iat?: number;
+  exp?: number;
+  nbf?: number;
+  /** This token's unique id: a new one on every refresh. */
+  jti?: string;
+  email?: string;
+  name?: string;
+  groups?: string[];
+  [claim: string]: unknown;
+}
+
+/** The access token as the UI may see it. */
+export interface CurrentToken {
+  /** The raw JWT, for `Authorization: Bearer` on calls to the app's own backend. Don't store it. */
+  token: string;
+  /** Its payload, decoded for display only — not verified (see decodeClaims). */
+  claims: TokenClaims;
+  /** When it expires, in ms since the epoch on this browser's clock. */
+  expiresAt: number;
+}
+
+let onTokenChanged: (token: CurrentToken | undefined) => void = () => {};
+
+/**
+ * Called with the new token whenever there is one (sign-in, every refresh, the background ones
+ * too), and with `undefined` when it is forgotten (sign-out, here or in another tab, or an ended
+ * session).
+ */
+export function whenTokenChanged(callback: (token: CurrentToken | undefined) => void): void {
+  onTokenChanged = callback;
+}
+
+/** Tells the UI; a failing display never fails a sign-in, a refresh or a sign-out. */
+function tokenChanged(): void {
+  try {
+    onTokenChanged(currentToken());
+  } catch (err) {
+    console.error(err);
+  }
+}
+
+/** The current access token, its claims and expiry; undefined when signed out. */
+export function currentToken(): CurrentToken | undefined {
+  if (!accessToken) return undefined;
+  return { token: accessToken, claims: decodeClaims(accessToken), expiresAt: accessTokenExpiresAt };
+}
+
+/**
+ * Reads a JWT's payload (the base64url JSON between the two dots) FOR DISPLAY ONLY. This is not
+ * verification: no signature, issuer, audience or expiry is checked, and nothing here may decide
+ * what the user is allowed to do. authgate (ValidateToken, GetUserInfo) and the backend (against
+ * authgate's JWKS) verify the token; the browser only shows what it carries.
+ */
+function decodeClaims(jwt: string): TokenClaims {
+  const payload = jwt.split(".")[1] ?? "";
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "="));
+    const json: unknown = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+    return typeof json === "object" && json !== null && !Array.isArray(json) ? (json as TokenClaims) : {};
+  } catch {
+    return {};
+  }
+}
+
+/** Keeps a new access token (in memory) and tells the UI. */
+function setAccessToken(token: string, expiresIn: number): void {
+  accessToken = token;
+  accessTokenExpiresAt = Date.now() + expiresIn * 1000;
+  tokenChanged();
+}
 
 /**
  * Connects to authgate over grpc-web (binary) at `authgateUrl`, e.g. http://127.0.0.1:8080. In
@@ -128,8 +218,8 @@ export async function finishLogin(callback: URLSearchParams): Promise<UserProfil
     iss: callback.get("iss") ?? "",
     refreshCookie: cookieMode,
   });
-  accessToken = response.accessToken;
   refreshHandle = response.refreshToken || undefined;
+  setAccessToken(response.accessToken, Number(response.expiresIn));
   scheduleRefresh(Number(response.expiresIn));
   return getUserInfo();
 }
@@ -146,8 +236,8 @@ export async function refresh(): Promise<UserProfile> {
       { refreshToken: cookieMode ? "" : refreshHandle },
       cookieMode ? { headers: { "x-csrf": "1" } } : {},
     );
-    accessToken = response.accessToken;
     if (!cookieMode) refreshHandle = response.refreshToken;
+    setAccessToken(response.accessToken, Number(response.expiresIn));
     scheduleRefresh(Number(response.expiresIn));
     if (!response.user) throw new Error("authgate returned no profile.");
     return response.user;
@@ -189,9 +279,12 @@ function scheduleRefresh(expiresIn: number): void {
 }
 
 function forget(): void {
+  const had = accessToken !== undefined;
   accessToken = undefined;
+  accessTokenExpiresAt = 0;
   refreshHandle = undefined;
   clearTimeout(refreshTimer);
+  if (had) tokenChanged();
 }
 
 /** The signed-in user's profile, read from authgate with the bearer token. */
