@@ -12,8 +12,10 @@
 //!
 //!   cargo bench --bench load                 # full run (~2 min)
 //!   cargo bench --bench load -- --smoke      # a few seconds, for CI
+//!   cargo bench --bench load -- --soak       # 10 minutes of mixed load at half capacity
 //!
-//! Options: --duration SECS (per phase), --concurrency N, --connections N, --out FILE.
+//! Options: --duration SECS (per phase), --concurrency N, --connections N, --out FILE,
+//! --soak-minutes M (with --soak; default 10).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
@@ -29,8 +31,8 @@ use std::{
 };
 
 use authgate::pb::{
-    ExchangeCodeRequest, GetLoginUrlRequest, GetUserInfoRequest, RefreshSessionRequest,
-    ValidateTokenRequest, auth_service_client::AuthServiceClient,
+    ExchangeCodeRequest, GetLoginUrlRequest, GetUserInfoRequest, LogoutRequest,
+    RefreshSessionRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
 };
 use axum::{Form, Json, Router, extract::State, routing::get, routing::post};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
@@ -64,6 +66,8 @@ struct Options {
     out: String,
     /// Run only the phases whose name contains one of these (for profiling one path).
     only: Vec<String>,
+    /// The soak instead of the phases: mixed load at half the measured capacity this long.
+    soak: Option<Duration>,
 }
 
 fn options() -> Options {
@@ -86,6 +90,10 @@ fn options() -> Options {
         idle_memory_connections: if smoke { 200 } else { 10_000 },
         out: value("--out").unwrap_or_else(|| "target/bench/load.json".into()),
         only: value("--only").map(|v| v.split(',').map(String::from).collect()).unwrap_or_default(),
+        soak: args.iter().any(|a| a == "--soak").then(|| {
+            let minutes: f64 = value("--soak-minutes").and_then(|v| v.parse().ok()).unwrap_or(10.0);
+            Duration::from_secs_f64(minutes * 60.0)
+        }),
     }
 }
 
@@ -854,6 +862,10 @@ async fn main() {
             })
         }
     };
+    if let Some(total) = o.soak {
+        soak(&o, &server, &env, &admin, total).await;
+        return;
+    }
     let slices = if o.smoke { 1 } else { 4 };
 
     // Sessions to work with: one per worker.
@@ -1352,4 +1364,215 @@ async fn main() {
             .execute(&mut admin)
             .await;
     }
+}
+
+// ---------------------------------------------------------------- soak --
+
+/// One worker's session in the soak: access token, refresh handle, steps taken.
+type Slot = Mutex<(String, String, u64)>;
+
+/// One step of the mixed load: every 20th step a logout and a full login, every 5th a refresh,
+/// the rest a ValidateToken.
+async fn mixed_step(env: &Env, slot: &Slot, worker: usize) -> Result<(), String> {
+    let (token, handle, step) = {
+        let mut s = slot.lock().unwrap();
+        s.2 += 1;
+        (s.0.clone(), s.1.clone(), s.2)
+    };
+    let mut c = env.client(worker);
+    if step % 20 == 0 {
+        c.logout(bearer(LogoutRequest::default(), &token)).await.map_err(|e| e.to_string())?;
+        let fresh = env.login(worker).await?;
+        *slot.lock().unwrap() = (fresh.access_token, fresh.refresh_token, step);
+    } else if step % 5 == 0 {
+        let r = c
+            .refresh_session(RefreshSessionRequest { refresh_token: handle })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let mut s = slot.lock().unwrap();
+        (s.0, s.1) = (r.access_token, r.refresh_token);
+    } else {
+        validate_call(&mut c, token).await?;
+    }
+    Ok(())
+}
+
+/// What the soak samples every 30 s.
+#[derive(serde::Serialize, Clone)]
+struct SoakSample {
+    minute: f64,
+    rps: f64,
+    p99_ms: f64,
+    errors: u64,
+    rss_mb: f64,
+    open_fds: usize,
+    pool_in_use: f64,
+    pool_idle: f64,
+    sessions: i64,
+    refresh_handles: i64,
+    login_attempts: i64,
+    database_mb: f64,
+}
+
+/// A gauge's value from the server's `/metrics` (0 when absent).
+async fn scrape(http: &reqwest::Client, addr: SocketAddr, series: &str) -> f64 {
+    let text = match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The soak: measures the mixed load's capacity (closed loop), then runs it open loop at half
+/// that rate for `total`, sampling the server's memory, descriptors, pool and the tables every
+/// 30 s. Prints the samples and a verdict (the last sample against the one after warm-up), and
+/// writes them to `target/bench/soak.json`.
+async fn soak(o: &Options, server: &Server, env: &Arc<Env>, admin: &sqlx::PgPool, total: Duration) {
+    let c = o.concurrency;
+    let mut slots = Vec::new();
+    for w in 0..c {
+        let s = env.login(w).await.expect("login");
+        slots.push(Mutex::new((s.access_token, s.refresh_token, 0u64)));
+    }
+    let slots: Arc<Vec<Slot>> = Arc::new(slots);
+    let op = {
+        let (env, slots) = (Arc::clone(env), Arc::clone(&slots));
+        move |w: usize| {
+            let (env, slots) = (Arc::clone(&env), Arc::clone(&slots));
+            async move { mixed_step(&env, &slots[w], w).await }
+        }
+    };
+    let capacity = stats(
+        "mixed",
+        vec![run("mixed", Some(server), o.duration, c, None, Arc::new(op.clone())).await],
+    );
+    let rate = capacity.rps / 2.0;
+    println!(
+        "soak: mixed load (per 20 steps: 1 logout + full login, 3 refreshes, 16 ValidateToken) \
+         capacity {:.0} steps/s closed loop (p99 {:.1} ms); now {:.0}/s for {:.0} min",
+        capacity.rps,
+        capacity.p99_ms,
+        rate,
+        total.as_secs_f64() / 60.0
+    );
+    println!(
+        "{:>6} {:>8} {:>8} {:>6} {:>8} {:>5} {:>7} {:>9} {:>10} {:>8} {:>8}",
+        "min",
+        "steps/s",
+        "p99 ms",
+        "errors",
+        "RSS MB",
+        "fds",
+        "pool",
+        "sessions",
+        "handles",
+        "attempts",
+        "db MB"
+    );
+    let http = reqwest::Client::new();
+    let window = Duration::from_secs(30).min(total);
+    let started = Instant::now();
+    let mut samples: Vec<SoakSample> = Vec::new();
+    while started.elapsed() + window / 2 < total {
+        let s = stats(
+            "soak",
+            vec![run("soak", Some(server), window, c, Some(rate), Arc::new(op.clone())).await],
+        );
+        let (sessions, refresh_handles, login_attempts, bytes): (i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM refresh_handles), \
+             (SELECT COUNT(*) FROM login_attempts), pg_database_size(current_database())",
+            )
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        let sample = SoakSample {
+            minute: started.elapsed().as_secs_f64() / 60.0,
+            rps: s.rps,
+            p99_ms: s.p99_ms,
+            errors: s.errors,
+            rss_mb: server.rss_mb(),
+            open_fds: std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+                .map_or(0, |d| d.count()),
+            pool_in_use: scrape(
+                &http,
+                server.addr,
+                "authgate_db_pool_connections{state=\"in_use\"}",
+            )
+            .await,
+            pool_idle: scrape(&http, server.addr, "authgate_db_pool_connections{state=\"idle\"}")
+                .await,
+            sessions,
+            refresh_handles,
+            login_attempts,
+            database_mb: bytes as f64 / 1_048_576.0,
+        };
+        println!(
+            "{:>6.1} {:>8.0} {:>8.1} {:>6} {:>8.1} {:>5} {:>7} {:>9} {:>10} {:>8} {:>8.1}",
+            sample.minute,
+            sample.rps,
+            sample.p99_ms,
+            sample.errors,
+            sample.rss_mb,
+            sample.open_fds,
+            format!("{:.0}/{:.0}", sample.pool_in_use, sample.pool_idle),
+            sample.sessions,
+            sample.refresh_handles,
+            sample.login_attempts,
+            sample.database_mb
+        );
+        samples.push(sample);
+    }
+    // Warm-up: the first fifth of the run (at least one sample). Flat: RSS within 10 % (and
+    // 8 MB), descriptors within 16, pending attempts within 2x the concurrency.
+    let warm = samples.get(samples.len() / 5).cloned();
+    let last = samples.last().cloned();
+    let verdict = match (warm, last) {
+        (Some(w), Some(l)) => {
+            let rss_ok = l.rss_mb <= w.rss_mb * 1.10 + 8.0;
+            let fds_ok = l.open_fds <= w.open_fds + 16;
+            let attempts_ok = l.login_attempts <= w.login_attempts.max(1) + 2 * c as i64;
+            let errors: u64 = samples.iter().map(|s| s.errors).sum();
+            let rows_per_minute =
+                (l.sessions - w.sessions) as f64 / (l.minute - w.minute).max(1e-9);
+            println!(
+                "after warm-up (minute {:.1} -> {:.1}): RSS {:.1} -> {:.1} MB ({}), descriptors {} -> {} ({}), \
+                 pending attempts {} -> {} ({}), errors {errors}; sessions grow {rows_per_minute:.0}/min \
+                 (ended sessions are kept 7 days by design; see README)",
+                w.minute,
+                l.minute,
+                w.rss_mb,
+                l.rss_mb,
+                if rss_ok { "flat" } else { "GROWING" },
+                w.open_fds,
+                l.open_fds,
+                if fds_ok { "flat" } else { "GROWING" },
+                w.login_attempts,
+                l.login_attempts,
+                if attempts_ok { "flat" } else { "GROWING" },
+            );
+            json!({"rss_flat": rss_ok, "fds_flat": fds_ok, "attempts_flat": attempts_ok, "errors": errors,
+                   "sessions_per_minute": rows_per_minute})
+        }
+        _ => json!(null),
+    };
+    let report = json!({
+        "machine": machine(),
+        "capacity_steps_per_s": capacity.rps,
+        "rate_steps_per_s": rate,
+        "concurrency": c,
+        "samples": samples,
+        "verdict": verdict,
+    });
+    let out = std::path::Path::new(&o.out).with_file_name("soak.json");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("written to {}", out.display());
 }
