@@ -147,6 +147,13 @@ async fn client(
         let mut failed_before = false;
         let done = loop {
             let result = grpc.clone().exchange_code(request.clone()).await;
+            // The attempt was consumed by the exchange that failed (the database went away
+            // after it): the user starts a new login. Counted, not an error.
+            if failed_before && result.as_ref().is_err_and(|s| s.code() == Code::FailedPrecondition)
+            {
+                ledger.lock().unwrap().consumed_by_a_failure += 1;
+                break None;
+            }
             let again = ledger.lock().unwrap().note("ExchangeCode", &result);
             match result {
                 Ok(done) => {
@@ -154,14 +161,6 @@ async fn client(
                         ledger.lock().unwrap().completed_on_retry += 1;
                     }
                     break Some(done.into_inner());
-                }
-                // The attempt was consumed by the exchange that failed (the database went
-                // away after it): the user starts a new login. Counted, not an error.
-                Err(s) if failed_before && s.code() == Code::FailedPrecondition => {
-                    let mut l = ledger.lock().unwrap();
-                    l.unexpected.pop();
-                    l.consumed_by_a_failure += 1;
-                    break None;
                 }
                 Err(_) if again && Instant::now() < give_up => {
                     failed_before = true;
@@ -479,16 +478,20 @@ impl PrivatePostgres {
             .expect("initdb and pg_ctl (PostgreSQL's server package) are needed")
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A PostgreSQL tool, as the `postgres` user when the test runs as root.
+    fn command(&self, tool: &str) -> StdCommand {
         let program = self.bin.join(tool);
-        let mut command = if unsafe_geteuid() == 0 {
+        if unsafe_geteuid() == 0 {
             let mut c = StdCommand::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&program);
             c
         } else {
             StdCommand::new(&program)
-        };
-        let out = command.args(args).output().expect(tool);
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self.command(tool).args(args).output().expect(tool);
         assert!(
             out.status.success(),
             "{tool} {args:?}: {}{}",
@@ -546,14 +549,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let data = self.data.to_str().unwrap().to_string();
-        let mut command = if unsafe_geteuid() == 0 {
-            let mut c = StdCommand::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            StdCommand::new(self.bin.join("pg_ctl"))
-        };
-        let _ = command.args(["-D", &data, "-m", "immediate", "stop"]).output();
+        let _ = self.command("pg_ctl").args(["-D", &data, "-m", "immediate", "stop"]).output();
     }
 }
 
