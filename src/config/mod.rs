@@ -324,6 +324,7 @@ pub const SETTINGS: &[(&str, Kind)] = &[
     ("max_token_groups", Kind::Scalar),
     ("provider_max_response_bytes", Kind::Scalar),
     ("internal_listen_addr", Kind::Scalar),
+    ("internal_realtime_priority", Kind::Scalar),
     ("max_connections", Kind::Scalar),
     ("internal_max_connections", Kind::Scalar),
     ("max_connections_per_ip", Kind::Scalar),

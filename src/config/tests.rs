@@ -271,6 +271,36 @@ fn tls_settings_come_whole_or_are_refused_with_what_is_missing() {
 }
 
 #[test]
+fn realtime_priority_is_off_by_default_and_needs_the_internal_listener() {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut e = minimal();
+        for (k, v) in pairs {
+            e.insert((*k).into(), (*v).into());
+        }
+        Config::from_sources(None, &e)
+    };
+    assert!(!with(&[]).unwrap().transport.internal_realtime_priority);
+    let config = with(&[
+        ("AUTHGATE_INTERNAL_LISTEN_ADDR", "0.0.0.0:8081"),
+        ("AUTHGATE_INTERNAL_REALTIME_PRIORITY", "true"),
+    ])
+    .unwrap();
+    assert!(config.transport.internal_realtime_priority);
+    let err = with(&[("AUTHGATE_INTERNAL_REALTIME_PRIORITY", "true")]).unwrap_err();
+    assert!(
+        err.problems.iter().any(|p| p.setting == "internal_realtime_priority"
+            && p.message.contains("set internal_listen_addr")),
+        "{err}"
+    );
+    let err = with(&[
+        ("AUTHGATE_INTERNAL_LISTEN_ADDR", "0.0.0.0:8081"),
+        ("AUTHGATE_INTERNAL_REALTIME_PRIORITY", "yes"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("not true or false"), "{err}");
+}
+
+#[test]
 fn cookie_mode_settings_and_the_refresh_cookie_attributes() {
     let config = Config::from_sources(None, &minimal()).unwrap();
     assert!(!config.refresh_cookie, "cookie mode is off unless allowed");

@@ -77,6 +77,11 @@ pub struct TransportConfig {
     /// When set, the fleet's checks (Envoy ext_authz, ValidateToken, GetJwks, `/auth/check`),
     /// `/metrics` and readiness are served only on this second listener.
     pub internal_listen_addr: Option<SocketAddr>,
+    /// The internal listener's threads run at realtime priority (`SCHED_RR` 1, Linux), so that
+    /// the fleet's checks preempt login work and the database on a saturated machine. Needs
+    /// CAP_SYS_NICE or an `RLIMIT_RTPRIO` of at least 1; where refused, a warning and normal
+    /// priority.
+    pub internal_realtime_priority: bool,
     pub public: ListenerLimits,
     pub internal: ListenerLimits,
     /// A request head (or, on a new connection, its first bytes) must arrive within this.
@@ -190,8 +195,16 @@ impl Parser {
                 "is for the internal listener, which is off: set internal_listen_addr too",
             );
         }
+        let internal_realtime_priority = self.boolean(raw, "internal_realtime_priority", false);
+        if internal_realtime_priority && internal_listen_addr.is_none() {
+            self.problem(
+                "internal_realtime_priority",
+                "is for the internal listener's threads, and that listener is off: set internal_listen_addr too",
+            );
+        }
         TransportConfig {
             internal_listen_addr,
+            internal_realtime_priority,
             public,
             internal,
             header_read_timeout: self.duration(raw, "header_read_timeout", Duration::from_secs(10)),

@@ -346,8 +346,9 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves a listener on a runtime of its own, on threads of its own (`authgate-internal`), so
 /// that the operating system schedules its requests apart from the main runtime's: a flood of
-/// login work queues up there, not in front of the fleet's checks. Resolves when the listener
-/// has stopped.
+/// login work queues up there, not in front of the fleet's checks. With
+/// `internal_realtime_priority`, those threads run at realtime priority ([`raise_to_realtime`]).
+/// Resolves when the listener has stopped.
 pub fn serve_on_own_runtime(
     listener: TcpListener,
     router: axum::Router,
@@ -360,13 +361,28 @@ pub fn serve_on_own_runtime(
     // main runtime either.
     let listener = listener.into_std()?;
     let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 4);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("authgate-internal")
-        .enable_all()
-        .build()?;
+    let realtime = transport.internal_realtime_priority;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads).thread_name("authgate-internal").enable_all();
+    if realtime {
+        // Every thread of the runtime, workers and blocking pool alike; the accepting thread
+        // below says whether the system allowed it (it answers all of them alike).
+        builder.on_thread_start(|| {
+            let _ = raise_to_realtime();
+        });
+    }
+    let runtime = builder.build()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("authgate-internal-main".into()).spawn(move || {
+        if realtime {
+            match raise_to_realtime() {
+                Ok(()) => info!("the internal listener's threads run at realtime priority (SCHED_RR 1)"),
+                Err(e) => warn!(
+                    error = %e,
+                    "internal_realtime_priority is set, but the system refused realtime priority: grant CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least 1 (`docker run --ulimit rtprio=1`, systemd `LimitRTPRIO=1`); the internal listener runs at normal priority"
+                ),
+            }
+        }
         runtime.block_on(async move {
             match TcpListener::from_std(listener) {
                 Ok(listener) => serve(listener, router, stats, tls, &transport, shutdown).await,
@@ -378,6 +394,32 @@ pub fn serve_on_own_runtime(
         let _ = done_tx.send(());
     })?;
     Ok(done_rx)
+}
+
+/// Puts the calling thread in the realtime round-robin class at its lowest priority
+/// (`SCHED_RR` 1): whenever it has work it runs before every normal thread on the machine —
+/// login work, the database, other processes — instead of waiting for their time slices. Threads
+/// it starts do not inherit this (`SCHED_RESET_ON_FORK`). Refused without CAP_SYS_NICE or an
+/// `RLIMIT_RTPRIO` of at least 1; elsewhere than Linux, unsupported.
+///
+/// The kernel still bounds realtime threads as a whole (`sched_rt_runtime_us`: 95 % of each
+/// second by default), and the internal listener's work by its own budgets
+/// (`max_concurrent_checks`).
+pub fn raise_to_realtime() -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: with pid 0, sched_setscheduler sets the calling thread's policy only; `param`
+        // lives across the call.
+        let policy = libc::SCHED_RR | libc::SCHED_RESET_ON_FORK;
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(io::Error::new(io::ErrorKind::Unsupported, "realtime priority is set on Linux only"))
 }
 
 /// Lowers the calling thread's scheduling priority (nice +5): the main runtime's workers call it

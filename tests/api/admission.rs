@@ -339,3 +339,109 @@ async fn a_trusted_proxy_names_the_client_and_an_untrusted_one_cannot() {
     );
     grpc.get_login_url(via_envoy("192.0.2.11")).await.unwrap();
 }
+
+/// The scheduling policy and realtime priority of each thread of process `pid`, by thread name
+/// (`/proc/<pid>/task/<tid>/stat`, fields 40 and 41).
+fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let dir = task.path();
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the name (which may hold spaces) start at field 3.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let (rt_priority, policy) = (fields[37].parse().unwrap(), fields[38].parse().unwrap());
+        threads.push((comm.trim().to_string(), policy, rt_priority));
+    }
+    threads
+}
+
+/// `internal_realtime_priority`, run as the image runs the binary (uid 10001): given
+/// CAP_SYS_NICE (systemd's `AmbientCapabilities=CAP_SYS_NICE`) every thread of the internal
+/// listener runs `SCHED_RR` 1 and no other thread does; without it (and the default
+/// `RLIMIT_RTPRIO` of 0), the system's refusal is logged, saying how to allow it, and the checks
+/// are served at normal priority.
+#[tokio::test]
+async fn realtime_priority_puts_the_internal_listeners_threads_ahead_where_allowed() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_RR: u32 = 2;
+    assert_eq!(unsafe_geteuid(), 0, "this test switches to uid 10001: run it as root (CI does)");
+    for allowed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        // Its working directory (the embedded store's), as the image's: owned by uid 10001.
+        let chown = std::process::Command::new("chown").arg("10001:10001").arg(dir.path()).status();
+        assert!(chown.unwrap().success());
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (public, internal) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("authgate.log")).unwrap();
+        let capability: &[&str] =
+            if allowed { &["--inh-caps", "+sys_nice", "--ambient-caps", "+sys_nice"] } else { &[] };
+        let child = std::process::Command::new("setpriv")
+            .args(["--reuid", "10001", "--regid", "10001", "--clear-groups"])
+            .args(capability)
+            .args(["--", env!("CARGO_BIN_EXE_authgate"), "serve"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("AUTHGATE_LISTEN_ADDR", format!("127.0.0.1:{public}"))
+            .env("AUTHGATE_INTERNAL_LISTEN_ADDR", format!("127.0.0.1:{internal}"))
+            .env("AUTHGATE_INTERNAL_REALTIME_PRIORITY", "true")
+            .env("AUTHGATE_ISSUER_URL", &dev_provider().issuer)
+            .env("AUTHGATE_CLIENT_ID", TEST_CLIENT_ID)
+            .env("AUTHGATE_CLIENT_SECRET", TEST_CLIENT_SECRET)
+            .env("AUTHGATE_REDIRECT_URIS", REDIRECT_URI)
+            .env("AUTHGATE_LOG_FORMAT", "json")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut server = crate::container::Running(child);
+        // Serving checks on the internal listener: its runtime and threads are up.
+        let metrics = format!("http://127.0.0.1:{internal}/metrics");
+        let mut up = false;
+        for _ in 0..300 {
+            if http_client().get(&metrics).send().await.is_ok_and(|r| r.status().is_success()) {
+                up = true;
+                break;
+            }
+            if !matches!(server.0.try_wait(), Ok(None)) {
+                let log = std::fs::read_to_string(dir.path().join("authgate.log"));
+                panic!("authgate stopped: {}", log.unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(up, "the internal listener never answered");
+        let threads = thread_policies(server.0.id());
+        let (checks, others): (Vec<_>, Vec<_>) =
+            threads.iter().partition(|(name, _, _)| name.starts_with("authgate-intern"));
+        // Its workers (one per core, up to 4) and the accepting thread.
+        assert!(checks.len() >= 2, "{threads:?}");
+        assert!(others.iter().all(|&&(_, policy, _)| policy == SCHED_OTHER), "{threads:?}");
+        if allowed {
+            assert!(checks.iter().all(|&&(_, p, rt)| (p, rt) == (SCHED_RR, 1)), "{threads:?}");
+        } else {
+            assert!(checks.iter().all(|&&(_, p, _)| p == SCHED_OTHER), "{threads:?}");
+        }
+        let pid = server.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success()
+        );
+        for _ in 0..250 {
+            if !matches!(server.0.try_wait(), Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let logs = std::fs::read_to_string(dir.path().join("authgate.log")).unwrap();
+        let said = |text: &str| logs.lines().any(|l| l.contains(text));
+        if allowed {
+            assert!(said("run at realtime priority (SCHED_RR 1)"), "{logs}");
+        } else {
+            assert!(said("the system refused realtime priority"), "{logs}");
+            assert!(said("--ulimit rtprio=1"), "says how to allow it: {logs}");
+        }
+    }
+}

@@ -153,7 +153,7 @@ async fn the_binary_runs_as_the_image_entrypoint_on_a_read_only_root() {
 }
 
 /// The server under test: killed if the test ends (a failed assertion) before it stopped it.
-struct Running(std::process::Child);
+pub struct Running(pub std::process::Child);
 
 impl Drop for Running {
     fn drop(&mut self) {

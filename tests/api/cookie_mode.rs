@@ -18,7 +18,10 @@ const REFRESH: &str = "authgate.v1.AuthService/RefreshSession";
 async fn cookie_app(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![("AUTHGATE_REFRESH_COOKIE".to_string(), "true".to_string())];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    spawn_app(AppOptions { env, ..AppOptions::real() }).await
+    let app = spawn_app(AppOptions { env, ..AppOptions::real() }).await;
+    // Logins need the provider's discovery document, read in the background after start.
+    wait_until_serving(&app).await;
+    app
 }
 
 /// The value of the refresh cookie a `Set-Cookie` list sets (None when it only deletes it).
