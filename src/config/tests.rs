@@ -19,6 +19,15 @@ fn minimal() -> BTreeMap<String, String> {
     ])
 }
 
+/// The configuration from [`minimal`] plus `pairs`.
+fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut e = minimal();
+    for (k, v) in pairs {
+        e.insert((*k).into(), (*v).into());
+    }
+    Config::from_sources(None, &e)
+}
+
 #[test]
 fn env_only_configuration_loads_with_defaults() {
     let config = Config::from_sources(None, &minimal()).unwrap();
@@ -204,13 +213,6 @@ fn database_commands_need_no_provider_settings() {
 
 #[test]
 fn tls_settings_come_whole_or_are_refused_with_what_is_missing() {
-    let with = |pairs: &[(&str, &str)]| {
-        let mut e = minimal();
-        for (k, v) in pairs {
-            e.insert((*k).into(), (*v).into());
-        }
-        Config::from_sources(None, &e)
-    };
     let config = with(&[]).unwrap();
     assert_eq!((config.transport.public_tls, config.transport.internal_tls), (None, None));
     assert_eq!(config.transport.tls_handshake_timeout, Duration::from_secs(10));
@@ -272,13 +274,6 @@ fn tls_settings_come_whole_or_are_refused_with_what_is_missing() {
 
 #[test]
 fn realtime_priority_is_off_by_default_and_needs_the_internal_listener() {
-    let with = |pairs: &[(&str, &str)]| {
-        let mut e = minimal();
-        for (k, v) in pairs {
-            e.insert((*k).into(), (*v).into());
-        }
-        Config::from_sources(None, &e)
-    };
     assert!(!with(&[]).unwrap().transport.internal_realtime_priority);
     let config = with(&[
         ("AUTHGATE_INTERNAL_LISTEN_ADDR", "0.0.0.0:8081"),
